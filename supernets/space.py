@@ -1,0 +1,165 @@
+"""Search spaces as data: a skeleton plus the candidates offered at each choice layer.
+
+``space.layers()`` is the space-level walk: for each layer, the input widths it can see (a head
+stage after a width choice sees several) and its candidates. The supernet builds one module per
+(input width, candidate) from it; the latency-table builder measures one row per distinct
+(op, in, out, stride, H, W) from it. Both call ``supernets.ops.build_op``.
+
+Shipped spaces (``SPACES``)::
+
+    name              stem  stages (width x layers, first stride)      input    joints
+    efficientpose-a   16    24x4 s2, 32x6 s2, 64x8 s2, 96x8 s1          256x256  16 (MPII)
+    efficientpose-bc  24    32x6 s2, 64x8 s2, 96x10 s2, 160x10 s1       256x256  16 (MPII)
+    cpu-small         16    24x2 s2, 32x3 s2, 64x3 s2, 96x2 s1          128x128  14 (LSP)
+
+All have two head stages (output stride 16 -> 4), each choosing an upsampling op (plain,
+depthwise-separable or inverted residual, each with or without SIC) and a width from 32/64/96.
+``PRESETS`` gives the dataset input sizes: ``mpii`` 256x256 with 16 joints, ``coco`` 256x192 with
+17 joints, ``lsp`` 128x128 with 14 joints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from supernets.errors import NasError
+from supernets.ops import BACKBONE_OPS, HEAD_OPS
+from supernets.spec import ArchSpec, Skeleton, Stage, head_choice
+
+__all__ = ["PRESETS", "SPACES", "Candidate", "SearchSpace", "SpaceLayer", "get_space"]
+
+PRESETS: dict[str, tuple[tuple[int, int], int]] = {
+    "mpii": ((256, 256), 16),
+    "coco": ((256, 192), 17),
+    "lsp": ((128, 128), 14),
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str     # the value written in a spec's choices
+    op: str       # key into supernets.ops.OPS
+    out_chs: int
+
+
+@dataclass(frozen=True)
+class SpaceLayer:
+    label: str
+    kind: str
+    in_widths: tuple[int, ...]
+    candidates: tuple[Candidate, ...]
+    stride: int
+    in_hw: tuple[int, int]
+
+    @property
+    def searchable(self) -> bool:
+        return len(self.candidates) > 1
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.candidates]
+
+    def index(self, name: str) -> int:
+        for i, c in enumerate(self.candidates):
+            if c.name == name:
+                return i
+        raise NasError(f"choices[{self.label!r}] = {name!r} is not offered by this space; "
+                       f"expected one of {', '.join(self.names)}")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    skeleton: Skeleton
+    backbone_ops: tuple[str, ...] = tuple(BACKBONE_OPS)
+    head_ops: tuple[str, ...] = tuple(HEAD_OPS)
+    head_widths: tuple[int, ...] = (32, 64, 96)
+
+    def layers(self) -> list[SpaceLayer]:
+        out: list[SpaceLayer] = []
+        widths: tuple[int, ...] = (3,)
+        for slot in self.skeleton.slots():
+            if slot.kind == "stem":
+                cands = (Candidate("stem", "stem", slot.out_chs),)
+            elif slot.kind == "heatmap":
+                cands = (Candidate("heatmap", "heatmap", slot.out_chs),)
+            elif slot.kind == "backbone":
+                cands = tuple(Candidate(op, op, slot.out_chs) for op in self.backbone_ops
+                              if not (op == "skip" and slot.first_of_stage))
+            else:
+                cands = tuple(Candidate(head_choice(op, w), op, w)
+                              for op in self.head_ops for w in self.head_widths)
+            out.append(SpaceLayer(slot.label, slot.kind, widths, cands, slot.stride, slot.in_hw))
+            widths = tuple(sorted({c.out_chs for c in cands}))
+        return out
+
+    def choice_layers(self) -> list[SpaceLayer]:
+        return [layer for layer in self.layers() if layer.searchable]
+
+    def spec(self, choices: dict[str, str], name: str | None = None) -> ArchSpec:
+        """The spec for ``choices``; every choice must be one this space offers."""
+        spec = ArchSpec(name=name or f"{self.name}-arch", skeleton=self.skeleton,
+                        choices=choices, space=self.name)
+        self.check(spec)
+        return spec
+
+    def check(self, spec: ArchSpec) -> None:
+        if spec.skeleton != self.skeleton:
+            raise NasError(f"arch {spec.name!r} does not have the skeleton of space {self.name!r}")
+        for layer in self.choice_layers():
+            layer.index(spec.choices[layer.label])
+
+    def sample(self, rng: np.random.Generator, name: str = "random") -> ArchSpec:
+        choices = {layer.label: layer.candidates[rng.integers(len(layer.candidates))].name
+                   for layer in self.choice_layers()}
+        return self.spec(choices, name)
+
+    def largest(self) -> ArchSpec:
+        """Every layer at its most expensive candidate (by MACs): the space's upper bound."""
+        from supernets.flops import op_macs  # local: flops imports model code
+
+        choices = {}
+        for layer in self.choice_layers():
+            w_in = max(layer.in_widths)
+            choices[layer.label] = max(
+                layer.candidates,
+                key=lambda c: op_macs(c.op, w_in, c.out_chs, layer.stride, layer.in_hw)).name
+        return self.spec(choices, f"{self.name}-largest")
+
+    def with_input(self, input_size: tuple[int, int] | None = None,
+                   num_joints: int | None = None) -> SearchSpace:
+        return dataclasses.replace(self, skeleton=self.skeleton.with_input(input_size, num_joints))
+
+
+def _space(name: str, stem: int, stages: list[tuple[int, int, int]], preset: str) -> SearchSpace:
+    input_size, joints = PRESETS[preset]
+    skeleton = Skeleton(input_size=input_size, num_joints=joints, stem_width=stem,
+                        stages=tuple(Stage(w, n, s) for w, n, s in stages))
+    return SearchSpace(name, skeleton)
+
+
+SPACES: dict[str, SearchSpace] = {
+    s.name: s for s in [
+        _space("efficientpose-a", 16, [(24, 4, 2), (32, 6, 2), (64, 8, 2), (96, 8, 1)], "mpii"),
+        _space("efficientpose-bc", 24, [(32, 6, 2), (64, 8, 2), (96, 10, 2), (160, 10, 1)], "mpii"),
+        _space("cpu-small", 16, [(24, 2, 2), (32, 3, 2), (64, 3, 2), (96, 2, 1)], "lsp"),
+    ]
+}
+
+
+def get_space(name: str, *, preset: str | None = None,
+              input_size: tuple[int, int] | None = None,
+              num_joints: int | None = None) -> SearchSpace:
+    """A shipped space, optionally at a dataset preset's input, or an explicit input/joints."""
+    try:
+        space = SPACES[name]
+    except KeyError:
+        raise NasError(f"unknown space {name!r}; expected one of {', '.join(SPACES)}") from None
+    if preset is not None:
+        if preset not in PRESETS:
+            raise NasError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+        space = space.with_input(*PRESETS[preset])
+    return space.with_input(input_size, num_joints)

@@ -1,0 +1,98 @@
+"""The supernet: every candidate of every choice layer in one module.
+
+A layer whose input width depends on an earlier choice (a head stage after a width choice) holds
+one module per (input width, candidate), so each candidate always sees exactly the channels it
+would see in the standalone network and weights copy over unchanged. Activations flow between
+layers as ``{width: tensor}``; a layer adds ``weight * op(x)`` of each active candidate into the
+entry of its output width.
+
+How candidates are weighted is the search strategy's business, not the supernet's: ``forward``
+takes, per label, a *mix*: a list of ``(candidate index, weight)`` pairs. Softmax relaxation
+passes every candidate with its probability, path sampling passes one or two, a fixed
+architecture passes ``[(i, 1.0)]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from supernets.model import PoseNet
+from supernets.ops import build_op
+from supernets.space import SearchSpace, SpaceLayer
+from supernets.spec import ArchSpec
+
+__all__ = ["Mix", "MixedLayer", "SuperNet"]
+
+Mix = Sequence[tuple[int, "Tensor | float"]]
+
+
+def _key(in_width: int, index: int) -> str:
+    return f"in{in_width}_c{index}"
+
+
+class MixedLayer(nn.Module):
+    def __init__(self, layer: SpaceLayer):
+        super().__init__()
+        self.layer = layer
+        self.candidates = nn.ModuleDict({
+            _key(w, i): build_op(c.op, w, c.out_chs, layer.stride)
+            for w in layer.in_widths for i, c in enumerate(layer.candidates)
+            if not (c.op == "skip" and w != c.out_chs)
+        })
+
+    def candidate(self, in_width: int, index: int) -> nn.Module:
+        return self.candidates[_key(in_width, index)]
+
+    def forward(self, xs: Mapping[int, Tensor], mix: Mix) -> dict[int, Tensor]:
+        out: dict[int, Tensor] = {}
+        for index, weight in mix:
+            width = self.layer.candidates[index].out_chs
+            for w_in, x in xs.items():
+                y = self.candidate(w_in, index)(x)
+                if not (isinstance(weight, float) and weight == 1.0):
+                    y = y * weight
+                out[width] = out[width] + y if width in out else y
+        return out
+
+
+class SuperNet(nn.Module):
+    def __init__(self, space: SearchSpace):
+        super().__init__()
+        self.space = space
+        self.space_layers = space.layers()
+        self.labels = [layer.label for layer in self.space_layers]
+        self.mixed = nn.ModuleList(MixedLayer(layer) for layer in self.space_layers)
+
+    @property
+    def choice_layers(self) -> list[SpaceLayer]:
+        return [layer for layer in self.space_layers if layer.searchable]
+
+    def forward(self, x: Tensor, mixes: Mapping[str, Mix]) -> Tensor:
+        """``mixes[label]`` for every searchable label; fixed layers need none."""
+        xs: dict[int, Tensor] = {x.shape[1]: x}
+        for layer, mixed in zip(self.space_layers, self.mixed, strict=True):
+            mix = mixes[layer.label] if layer.searchable else ((0, 1.0),)
+            xs = mixed(xs, mix)
+        (heatmaps,) = xs.values()
+        return heatmaps
+
+    def fixed_mixes(self, spec: ArchSpec) -> dict[str, Mix]:
+        self.space.check(spec)
+        return {layer.label: ((layer.index(spec.choices[layer.label]), 1.0),)
+                for layer in self.choice_layers}
+
+    @torch.no_grad()
+    def standalone(self, spec: ArchSpec) -> PoseNet:
+        """The spec's standalone network, with this supernet's weights for its choices."""
+        self.space.check(spec)
+        model = PoseNet(spec)
+        for layer, mixed, target in zip(self.space_layers, self.mixed, spec.layers(), strict=True):
+            index = layer.index(spec.choices[layer.label]) if layer.searchable else 0
+            source = mixed.candidate(target.in_chs, index)
+            model.layer(layer.label).load_state_dict(source.state_dict())
+        if model.training != self.training:
+            model.train(self.training)
+        return model
