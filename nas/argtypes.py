@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
-__all__ = ["input_size"]
+__all__ = ["input_size", "positive_int"]
 
 
 def input_size(text: str) -> tuple[int, int]:
@@ -15,3 +15,14 @@ def input_size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected HxW with positive integers, "
                                          "e.g. 256x192")
     return int(m[1]), int(m[2])
+
+
+def positive_int(text: str) -> int:
+    """``'14'`` -> ``14``; zero, negatives and non-integers are refused."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return value

@@ -181,6 +181,11 @@ class ArchSpec:
         object.__setattr__(self, "choices", MappingProxyType(dict(self.choices)))
         self.validate()
 
+    def __reduce__(self):
+        # A mappingproxy cannot be pickled or deep-copied (copy.deepcopy of a PoseNet, worker
+        # processes): rebuild from a plain dict instead.
+        return ArchSpec, (self.name, self.skeleton, dict(self.choices), self.space)
+
     # -- the walk --------------------------------------------------------------------------
     def layers(self) -> list[Layer]:
         out: list[Layer] = []
@@ -312,7 +317,8 @@ def _from_dict(d: object) -> ArchSpec:
         if not isinstance(s, dict) or set(s) != {"width", "layers", "stride"}:
             raise NasError(f"stages[{i - 1}] (stage{i}) = {s!r}: expected "
                            "{\"width\": int, \"layers\": int, \"stride\": 1 or 2}")
-        if not (_positive_int(s["width"]) and _positive_int(s["layers"]) and s["stride"] in (1, 2)):
+        if not (_positive_int(s["width"]) and _positive_int(s["layers"])
+                and _positive_int(s["stride"]) and s["stride"] in (1, 2)):
             raise NasError(f"stages[{i - 1}] (stage{i}) = {s!r}: width and layers must be "
                            "positive integers and stride 1 or 2")
         stages.append(Stage(s["width"], s["layers"], s["stride"]))
@@ -323,9 +329,10 @@ def _from_dict(d: object) -> ArchSpec:
         stages=tuple(stages),
         head_stages=_field(d, "head_stages", int, lambda v: v > 0, "a positive integer"),
     )
-    choices = _field(d, "choices", dict,
-                     lambda v: all(isinstance(x, str) for x in v.values()),
-                     "an object mapping each label to an op name")
+    choices = _field(d, "choices", dict, None, "an object mapping each label to an op name")
+    for label, op in choices.items():
+        if not isinstance(op, str):
+            raise NasError(f"choices[{label!r}] = {op!r}: expected an op name (a string)")
     space = d.get("space")
     if space is not None and not isinstance(space, str):
         raise NasError(f"field 'space' = {space!r}: expected a space name or null")

@@ -2,9 +2,16 @@
 
 A layer whose input width depends on an earlier choice (a head stage after a width choice) holds
 one module per (input width, candidate), so each candidate always sees exactly the channels it
-would see in the standalone network and weights copy over unchanged. Activations flow between
-layers as ``{width: tensor}``; a layer adds ``weight * op(x)`` of each active candidate into the
-entry of its output width.
+would see in the standalone network and weights copy over unchanged.
+
+Activations flow between layers as ``{width: (x, m)}``: ``x`` is the weighted mean of the
+outputs of that width, ``m`` the total weight of that width. A layer computes, per output width,
+``sum_c sum_w m_w * w_c * op_c(x_w)`` and normalises it by its total weight again. Normalising
+matters because every op starts with a conv followed by BatchNorm, which cancels any scaling of
+its input: weights applied *after* the next op (``m_w``) and mixing ratios *within* a width are
+what the next layer can see, so the task loss has a gradient for every choice, the width choices
+of the head included. With one candidate of weight 1.0 per layer (a fixed architecture) no
+arithmetic is added: the supernet computes exactly what the standalone network computes.
 
 How candidates are weighted is the search strategy's business, not the supernet's: ``forward``
 takes, per label, a *mix*: a list of ``(candidate index, weight)`` pairs. Softmax relaxation
@@ -27,6 +34,20 @@ from supernets.spec import ArchSpec
 __all__ = ["Mix", "MixedLayer", "SuperNet"]
 
 Mix = Sequence[tuple[int, "Tensor | float"]]
+Activation = tuple[Tensor, "Tensor | float"]
+
+
+def _is_one(w) -> bool:
+    return isinstance(w, float) and w == 1.0
+
+
+def _mul(a, b):
+    return b if _is_one(a) else a if _is_one(b) else a * b
+
+
+def _clamp(total):
+    """A width whose weight is zero contributes zero downstream; avoid 0 / 0 on the way."""
+    return total.clamp_min(1e-12) if torch.is_tensor(total) else max(total, 1e-12)
 
 
 def _key(in_width: int, index: int) -> str:
@@ -46,16 +67,19 @@ class MixedLayer(nn.Module):
     def candidate(self, in_width: int, index: int) -> nn.Module:
         return self.candidates[_key(in_width, index)]
 
-    def forward(self, xs: Mapping[int, Tensor], mix: Mix) -> dict[int, Tensor]:
-        out: dict[int, Tensor] = {}
+    def forward(self, xs: Mapping[int, Activation], mix: Mix) -> dict[int, Activation]:
+        sums: dict[int, Tensor] = {}
+        totals: dict[int, Tensor | float] = {}
         for index, weight in mix:
             width = self.layer.candidates[index].out_chs
-            for w_in, x in xs.items():
+            for w_in, (x, m_in) in xs.items():
+                w = _mul(weight, m_in)
                 y = self.candidate(w_in, index)(x)
-                if not (isinstance(weight, float) and weight == 1.0):
-                    y = y * weight
-                out[width] = out[width] + y if width in out else y
-        return out
+                y = y if _is_one(w) else y * w
+                sums[width] = sums[width] + y if width in sums else y
+                totals[width] = totals[width] + w if width in totals else w
+        return {width: (y if _is_one(totals[width]) else y / _clamp(totals[width]), totals[width])
+                for width, y in sums.items()}
 
 
 class SuperNet(nn.Module):
@@ -72,11 +96,11 @@ class SuperNet(nn.Module):
 
     def forward(self, x: Tensor, mixes: Mapping[str, Mix]) -> Tensor:
         """``mixes[label]`` for every searchable label; fixed layers need none."""
-        xs: dict[int, Tensor] = {x.shape[1]: x}
+        xs: dict[int, Activation] = {x.shape[1]: (x, 1.0)}
         for layer, mixed in zip(self.space_layers, self.mixed, strict=True):
             mix = mixes[layer.label] if layer.searchable else ((0, 1.0),)
             xs = mixed(xs, mix)
-        (heatmaps,) = xs.values()
+        ((heatmaps, _),) = xs.values()
         return heatmaps
 
     def fixed_mixes(self, spec: ArchSpec) -> dict[str, Mix]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nas.argtypes import input_size
+from nas.argtypes import input_size, positive_int
 from nas.commands import Result
 from supernets.flops import complexity
 from supernets.named import load_arch
@@ -13,7 +13,7 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("spec", help="arch JSON file or a named architecture (e.g. mobilenetv2)")
     p.add_argument("--input", type=input_size, metavar="HxW", help="override the input size")
-    p.add_argument("--joints", type=int, metavar="N", help="override the number of joints")
+    p.add_argument("--joints", type=positive_int, metavar="N", help="override the number of joints")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=run)
 

@@ -1,0 +1,153 @@
+"""Search step cost relative to training the largest single network of the space.
+
+One *search step* is what ``nas search`` does per batch after warm-up: a weight step (train split)
+plus an architecture step (architecture split, latency term included). The reference is one
+training step (forward, backward, Adam) of the space's largest standalone network on the same
+batch. Timing: the configurations are interleaved in rounds in one process, medians reported.
+Peak memory: each configuration runs in a fresh subprocess; peak RSS growth over the process's
+footprint right before its first step (model, data and optimiser built).
+
+    python benchmarks/search_step.py [--space cpu-small] [--batch 16] [--rounds 5] \
+        [--out results/benchmarks/search_step.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CONFIGS = {
+    "largest-network": {},
+    "path": {"mode": "path"},
+    "softmax": {"mode": "softmax"},
+    "gumbel": {"mode": "gumbel"},
+}
+
+
+def make_step(name: str, space, predictor, batch: int, seed: int = 0):
+    """A closure running one step of configuration ``name`` on a fixed random batch."""
+    from nas.pose import heatmap_loss
+    from nas.search.searcher import SearchConfig, Searcher
+    from supernets.model import PoseNet
+
+    h, w = space.skeleton.input_size
+    hh, hw = space.skeleton.heatmap_size
+    g = torch.Generator().manual_seed(seed)
+    data = {"image": torch.randn(batch, 3, h, w, generator=g).contiguous(
+                memory_format=torch.channels_last),
+            "target": torch.rand(batch, space.skeleton.num_joints, hh, hw, generator=g),
+            "target_weight": torch.ones(batch, space.skeleton.num_joints)}
+    if name == "largest-network":
+        torch.manual_seed(seed)
+        model = PoseNet(space.largest()).to(memory_format=torch.channels_last).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def step():
+            loss = heatmap_loss(model(data["image"]), data["target"], data["target_weight"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+    cfg = SearchConfig(budget_ms=1.0, space=space.name, input_size=space.skeleton.input_size,
+                       epochs=2, warmup_epochs=0, batch_size=batch, seed=seed, **CONFIGS[name])
+    searcher = Searcher(cfg, space, predictor, [None] * batch, [None] * batch)
+
+    def step():
+        searcher._weight_step(data, warmup=False, temperature=cfg.temperature)
+        searcher._arch_step(data, temperature=cfg.temperature)
+    return step
+
+
+def _setup(space_name: str, lut_path: str | None):
+    import lut as lutlib
+    from supernets.space import get_space
+
+    space = get_space(space_name)
+    path = Path(lut_path) if lut_path else lutlib.default_table_path(space, "cpu")
+    table = lutlib.LatencyTable.load(path, allow_foreign=True)
+    return space, lutlib.LatencyPredictor(table), path
+
+
+def child(args) -> None:
+    """Subprocess: peak RSS growth of ``args.child`` over a few steps."""
+    space, predictor, _ = _setup(args.space, args.lut)
+    step = make_step(args.child, space, predictor, args.batch)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(args.mem_steps):
+        step()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_growth_mib": (after - before) / 1024, "peak_mib": after / 1024}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--space", default="cpu-small")
+    ap.add_argument("--lut")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--mem-steps", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="results/benchmarks/search_step.json")
+    ap.add_argument("--child")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        child(args)
+        return
+    names = args.configs.split(",")
+    space, predictor, lut_path = _setup(args.space, args.lut)
+    steps = {n: make_step(n, space, predictor, args.batch) for n in names}
+    for n in names:  # warm-up
+        steps[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        for n in names:
+            t = time.perf_counter()
+            steps[n]()
+            times[n].append(time.perf_counter() - t)
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+            f"{n} {times[n][-1]:.2f}s" for n in names), file=sys.stderr)
+    memory = {}
+    for n in names:
+        out = subprocess.run([sys.executable, __file__, "--child", n, "--space", args.space,
+                              "--batch", str(args.batch), "--threads", str(args.threads),
+                              "--mem-steps", str(args.mem_steps)]
+                             + (["--lut", args.lut] if args.lut else []),
+                             capture_output=True, text=True, check=True)
+        memory[n] = json.loads(out.stdout.strip().splitlines()[-1])
+    ref_t = float(np.median(times["largest-network"]))
+    ref_m = memory["largest-network"]["peak_growth_mib"]
+    rows = {n: {"median_s": float(np.median(times[n])),
+                "p10_s": float(np.percentile(times[n], 10)),
+                "p90_s": float(np.percentile(times[n], 90)),
+                "time_ratio": float(np.median(times[n])) / ref_t,
+                "peak_growth_mib": memory[n]["peak_growth_mib"],
+                "memory_ratio": memory[n]["peak_growth_mib"] / ref_m} for n in names}
+    report = {
+        "what": "search step (weight + architecture step) / training step of the largest network",
+        "space": args.space, "input": list(space.skeleton.input_size), "batch": args.batch,
+        "threads": args.threads, "rounds": args.rounds, "lut": str(lut_path),
+        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
+        "command": " ".join(["python", *sys.argv]),
+        "results": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{'config':<18}{'median s':>10}{'x largest':>11}{'mem MiB':>10}{'mem x':>8}")
+    for n, r in rows.items():
+        print(f"{n:<18}{r['median_s']:>10.3f}{r['time_ratio']:>11.2f}"
+              f"{r['peak_growth_mib']:>10.0f}{r['memory_ratio']:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""``nas search --task pose --budget 3ms ...``: find an architecture that meets a latency budget."""
+
+from __future__ import annotations
+
+import argparse
+
+from nas.argtypes import input_size
+from nas.commands import Result
+from nas.search.budget import format_ms, parse_budget
+from nas.search.relax import MODES
+from nas.search.searcher import SearchConfig
+
+
+def register(sub) -> None:
+    p = sub.add_parser("search", help="differentiable search under a latency budget",
+                       description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--task", default="pose", help="task (pose)")
+    p.add_argument("--budget", help="latency budget with a unit: 3ms, 800us, 0.004s "
+                   "(required unless --resume)")
+    p.add_argument("--space", default="cpu-small", help="search space")
+    p.add_argument("--input", type=input_size, metavar="HxW", help="override the space's input")
+    p.add_argument("--lut", help="latency table (default: this device's table for the space, "
+                   "built first if missing)")
+    p.add_argument("--allow-foreign-lut", action="store_true",
+                   help="accept a table measured on another device (no measured latency then)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--threads", type=int, help="CPU threads (default: the table's)")
+    p.add_argument("--data", help="dataset path (Leeds Sports Pose folder); default: embedded "
+                   "synthetic pose data")
+    p.add_argument("--epochs", type=int, help="search epochs (default 8)")
+    p.add_argument("--warmup-epochs", type=int, help="weight-only epochs first (default: half)")
+    p.add_argument("--batch-size", type=int, help="batch size (default 16)")
+    p.add_argument("--train-samples", type=int, help="synthetic images (default 800)")
+    p.add_argument("--mode", choices=MODES, help="relaxation (default path)")
+    p.add_argument("--lam", type=float, help="initial cost weight lambda (default 0.1; adapted)")
+    p.add_argument("--tau", type=float, help="log base of the cost term, cost in ms (default 15)")
+    p.add_argument("--arch-lr", type=float, help="architecture Adam lr (default 3e-3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/search", help="output directory")
+    p.add_argument("--resume", metavar="DIR", help="continue the search whose checkpoint is in DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=run)
+
+
+_CFG_ARGS = ("task", "space", "data", "epochs", "warmup_epochs", "batch_size", "train_samples",
+             "mode", "lam", "tau", "arch_lr", "seed", "device", "threads")
+
+
+def run(args) -> Result:
+    from nas.search.run import search
+    from supernets.errors import NasError
+
+    if args.resume:
+        report = search(None, args.resume, lut=args.lut, allow_foreign_lut=args.allow_foreign_lut,
+                        progress=not args.no_progress, resume=True, epochs=args.epochs)
+    else:
+        if args.budget is None:
+            raise NasError("--budget is required (e.g. --budget 3ms), unless --resume DIR")
+        kwargs = {k: getattr(args, k) for k in _CFG_ARGS if getattr(args, k) is not None}
+        cfg = SearchConfig(budget_ms=parse_budget(args.budget), input_size=args.input, **kwargs)
+        report = search(cfg, args.out, lut=args.lut, allow_foreign_lut=args.allow_foreign_lut,
+                        progress=not args.no_progress)
+    if report.get("status") == "interrupted":
+        return Result(f"search interrupted; checkpoint {report['checkpoint']}\n"
+                      f"continue with: {report['resume']}", report)
+    return Result(_text(report), report)
+
+
+def _text(r: dict) -> str:
+    lines = [f"architecture: {r['out']}/arch.json  (report.json, log.jsonl, search.png beside it)",
+             f"budget       {format_ms(r['budget_ms'])}"
+             + ("   (every architecture fits: searched for accuracy alone)" if r["accuracy_only"]
+                else f"   window {format_ms(r['window_ms'][0])} - {format_ms(r['window_ms'][1])}"),
+             f"predicted    {format_ms(r['predicted_ms'])}"
+             f"   (argmax {format_ms(r['argmax_predicted_ms'])}, "
+             f"{len(r['changed_from_argmax'])} layers moved to fit the window)"]
+    if r["measured_ms"] is not None:
+        lines.append(f"measured     {format_ms(r['measured_ms'])}   "
+                     f"= {r['measured_over_budget']:.3f} x budget")
+    else:
+        lines.append("measured     - (table from another device)")
+    lines.append(f"MACs {r['macs'] / 1e6:.1f} M, params {r['params'] / 1e6:.3f} M")
+    lines.append("choices:")
+    lines += [f"  {x['label']:<16} {x['op']:<18} p={x['prob']:.3f}" for x in r["layers"]]
+    return "\n".join(lines)

@@ -1,0 +1,333 @@
+"""The differentiable search loop: alternating weight and architecture steps, budget targeting.
+
+Loss for the architecture step: ``task + lam * log(E[latency_ms]) / log(tau)`` where
+``E[latency_ms]`` is the latency table's calibrated expected latency under the current choice
+probabilities (``lut.LatencyPredictor.expected_latency``), differentiable in ``alpha``.
+
+Budget targeting (why the result lands on the budget rather than collapsing to the smallest ops,
+DenseNAS issue #18): ``lam`` is adapted after every architecture step, multiplicatively,
+``lam *= 1 + lam_step`` while the expected latency is over the budget and ``lam /= 1 + lam_step``
+while it is under the window's low end (0.85 x budget); inside the window it is left alone. So the
+cost term pushes only as hard as needed to hold the expected latency in the window, and then
+derivation (``nas.search.derive``) picks the most probable architecture whose predicted latency
+is inside the window.
+
+Weights and ``alpha`` are trained on two disjoint splits of the training data (80/20 by default),
+after ``warmup_epochs`` of weight-only steps on uniformly drawn paths.
+
+Interruption: a checkpoint is written at the end of every epoch and, on Ctrl-C, at the next step
+boundary (a second Ctrl-C aborts at once). Every random draw comes from generators whose state is
+in the checkpoint and the data order is a function of (seed, epoch), so a resumed run on the CPU
+ends with the same architecture as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import default_collate
+from tqdm import tqdm
+
+from nas.search.relax import MODES, ArchParameters
+from supernets.errors import NasError
+from supernets.fileio import write_atomic
+from supernets.space import SearchSpace
+from supernets.supernet import SuperNet
+
+__all__ = ["CHECKPOINT_FORMAT", "SearchConfig", "Searcher"]
+
+CHECKPOINT_FORMAT = "nas.search/1"
+
+
+@dataclass
+class SearchConfig:
+    """Every setting of a search; saved in its checkpoint and report."""
+
+    budget_ms: float
+    task: str = "pose"
+    space: str = "cpu-small"
+    input_size: tuple[int, int] | None = None
+    data: str | None = None
+    epochs: int = 8
+    warmup_epochs: int | None = None    # default: half of the epochs (FNA, DenseNAS)
+    batch_size: int = 16
+    train_samples: int = 800            # synthetic data: images generated for the search
+    arch_split: float = 0.2             # share of the training data for architecture steps
+    mode: str = "path"                  # softmax | gumbel | path (see nas.search.relax)
+    drop_path: float = 0.0              # softmax/gumbel weight steps
+    lam: float = 0.1                    # initial weight of the cost term (adapted)
+    lam_step: float = 0.05              # multiplicative adaptation per architecture step
+    tau: float = 15.0                   # log base of the cost term; cost in ms (DenseNAS: 15)
+    window: tuple[float, float] = (0.85, 1.0)   # derived latency / budget
+    weight_lr: float = 1e-3             # Adam (EfficientPose training setup)
+    weight_decay: float = 1e-4
+    arch_lr: float = 3e-3               # Adam, betas (0.5, 0.999) as FNA/DenseNAS; lr x10 for short searches
+    arch_weight_decay: float = 1e-3
+    temperature: float = 5.0            # gumbel: initial temperature, x temperature_decay per epoch (FBNet)
+    temperature_decay: float = 0.956
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise NasError(f"--mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        if self.epochs < 1:
+            raise NasError(f"--epochs {self.epochs}: expected a positive integer")
+        if self.warmup_epochs is None:
+            self.warmup_epochs = self.epochs // 2
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise NasError(f"--warmup-epochs {self.warmup_epochs}: expected 0 to {self.epochs - 1}")
+        if self.input_size is not None:
+            self.input_size = tuple(self.input_size)
+        self.window = tuple(self.window)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Searcher:
+    """Runs one search; owns the supernet, the architecture parameters and all random state."""
+
+    def __init__(self, cfg: SearchConfig, space: SearchSpace, predictor, train_set, arch_set,
+                 *, accuracy_only: bool = False):
+        self.cfg = cfg
+        self.space = space
+        self.predictor = predictor
+        self.train_set = train_set
+        self.arch_set = arch_set
+        self.accuracy_only = accuracy_only
+        self.device = torch.device(cfg.device)
+        torch.manual_seed(cfg.seed)  # weight init only; every draw below uses self.gen
+        # channels_last: on the CPU, NCHW depthwise-conv backward has a slow path (k5/k7 steps
+        # seconds long); channels_last goes through oneDNN and is 10-100x faster.
+        self.supernet = SuperNet(space).to(self.device, memory_format=torch.channels_last)
+        self.arch = ArchParameters(space.choice_layers()).to(self.device)
+        self.opt_w = torch.optim.Adam(self.supernet.parameters(), lr=cfg.weight_lr,
+                                      weight_decay=cfg.weight_decay)
+        self.opt_a = torch.optim.Adam(self.arch.parameters(), lr=cfg.arch_lr, betas=(0.5, 0.999),
+                                      weight_decay=cfg.arch_weight_decay)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.lam = 0.0 if accuracy_only else cfg.lam
+        self.epoch = 0
+        self.step = 0
+        self.history: list[dict] = []
+        self.lam_trajectory: list[tuple[int, float]] = [(0, self.lam)]
+        self._stop = False
+        self.lut_path: str | None = None
+        self.steps_per_epoch = max(1, len(train_set) // cfg.batch_size)
+
+    # -- control ---------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Stop at the next step boundary (after writing a checkpoint)."""
+        self._stop = True
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.cfg.epochs
+
+    # -- data ------------------------------------------------------------------------------
+    def _order(self, n: int, salt: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch * 7919 + salt)
+        return torch.randperm(n, generator=g).tolist()
+
+    def _batch(self, dataset, order: list[int], k: int) -> dict:
+        bs = self.cfg.batch_size
+        idx = [order[(k * bs + i) % len(order)] for i in range(bs)]
+        batch = {key: v.to(self.device) if torch.is_tensor(v) else v
+                 for key, v in default_collate([dataset[i] for i in idx]).items()}
+        batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return batch
+
+    # -- steps -----------------------------------------------------------------------------
+    def _task_loss(self, batch: dict, mixes) -> torch.Tensor:
+        from nas.pose import heatmap_loss
+
+        out = self.supernet(batch["image"], mixes)
+        return heatmap_loss(out, batch["target"], batch["target_weight"])
+
+    def expected_latency(self) -> torch.Tensor:
+        return self.predictor.expected_latency(self.space, self.arch.probs())
+
+    def _weight_step(self, batch: dict, warmup: bool, temperature: float) -> float:
+        mixes = self.arch.mixes(self.cfg.mode, self.gen, arch_grad=False, uniform=warmup,
+                                temperature=temperature, drop_path=self.cfg.drop_path)
+        loss = self._task_loss(batch, mixes)
+        self.opt_w.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_w.step()
+        return float(loss)
+
+    def _arch_step(self, batch: dict, temperature: float) -> dict:
+        cfg = self.cfg
+        before = {lb: a.detach().clone() for lb, a in zip(self.arch.labels, self.arch.alphas)}
+        mixes = self.arch.mixes(cfg.mode, self.gen, arch_grad=True, temperature=temperature)
+        task = self._task_loss(batch, mixes)
+        expected = self.expected_latency()
+        cost = torch.log(expected) / math.log(cfg.tau)
+        loss = task + self.lam * cost
+        params = list(self.arch.parameters())
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        self.opt_a.zero_grad(set_to_none=True)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g if g is not None else torch.zeros_like(p)
+        self.opt_a.step()
+        if cfg.mode == "path":
+            self.arch.rescale_sampled(before)
+        self._adapt_lambda(float(expected))
+        return {"arch_loss": float(loss), "expected_ms": float(expected)}
+
+    def _adapt_lambda(self, expected_ms: float) -> None:
+        if self.accuracy_only:
+            return
+        low, high = (w * self.cfg.budget_ms for w in self.cfg.window)
+        if expected_ms > high:
+            self.lam = min(self.lam * (1 + self.cfg.lam_step), 1e3)
+        elif expected_ms < low:
+            self.lam = max(self.lam / (1 + self.cfg.lam_step), 1e-5)
+
+    # -- loop ------------------------------------------------------------------------------
+    def run(self, checkpoint: Path | None, *, progress: bool = True,
+            on_step: Callable[[Searcher], None] | None = None) -> bool:
+        """Train until the last epoch or a stop request; True when the search is complete."""
+        cfg = self.cfg
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum, frame):
+            if self._stop:
+                raise KeyboardInterrupt
+            self._stop = True
+            tqdm.write("nas: stopping after this step and saving a checkpoint "
+                       "(Ctrl-C again to abort now)")
+
+        try:
+            signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:  # not the main thread
+            previous = None
+        total = cfg.epochs * self.steps_per_epoch
+        bar = tqdm(total=total, initial=self.epoch * self.steps_per_epoch + self.step,
+                   disable=not progress, unit="step", desc="search", dynamic_ncols=True)
+        try:
+            while not self.finished:
+                warmup = self.epoch < cfg.warmup_epochs
+                temperature = cfg.temperature * cfg.temperature_decay ** self.epoch
+                if hasattr(self.train_set, "set_epoch"):
+                    self.train_set.set_epoch(self.epoch)
+                w_order = self._order(len(self.train_set), 1)
+                a_order = self._order(len(self.arch_set), 2)
+                if self.step == 0:
+                    self._epoch_stats = {"weight_loss": [], "arch_loss": [], "expected_ms": [],
+                                         "start": time.perf_counter()}
+                while self.step < self.steps_per_epoch:
+                    if self._stop:
+                        if checkpoint:
+                            self.save(checkpoint)
+                        return False
+                    stats = self._epoch_stats
+                    stats["weight_loss"].append(
+                        self._weight_step(self._batch(self.train_set, w_order, self.step),
+                                          warmup, temperature))
+                    if not warmup:
+                        s = self._arch_step(self._batch(self.arch_set, a_order, self.step),
+                                            temperature)
+                        stats["arch_loss"].append(s["arch_loss"])
+                        stats["expected_ms"].append(s["expected_ms"])
+                    self.step += 1
+                    bar.update(1)
+                    bar.set_postfix(epoch=self.epoch + 1, loss=f"{stats['weight_loss'][-1]:.2e}",
+                                    lat=f"{float(self.expected_latency()):.2f}ms",
+                                    lam=f"{self.lam:.3g}", refresh=False)
+                    if on_step:
+                        on_step(self)
+                self._end_epoch(warmup, temperature)
+                if checkpoint:
+                    self.save(checkpoint)
+            return True
+        finally:
+            bar.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _end_epoch(self, warmup: bool, temperature: float) -> None:
+        stats = self._epoch_stats
+        with torch.no_grad():
+            expected = float(self.expected_latency())
+        probs = {lb: [round(float(x), 5) for x in p] for lb, p in self.arch.probs().items()}
+        self.history.append({
+            "epoch": self.epoch + 1,
+            "phase": "warmup" if warmup else "search",
+            "weight_loss": float(np.mean(stats["weight_loss"])),
+            "arch_loss": float(np.mean(stats["arch_loss"])) if stats["arch_loss"] else None,
+            "expected_ms": expected,
+            "lam": self.lam,
+            "entropy": self.arch.entropy(),
+            "temperature": temperature if self.cfg.mode == "gumbel" else None,
+            "seconds": time.perf_counter() - stats["start"],
+            "probs": probs,
+        })
+        self.lam_trajectory.append((self.epoch + 1, self.lam))
+        self.epoch += 1
+        self.step = 0
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "supernet": self.supernet.state_dict(),
+            "arch": self.arch.state_dict(),
+            "opt_w": self.opt_w.state_dict(),
+            "opt_a": self.opt_a.state_dict(),
+            "lam": self.lam,
+            "gen": self.gen.get_state(),
+            "history": self.history,
+            "lam_trajectory": self.lam_trajectory,
+            "epoch_stats": getattr(self, "_epoch_stats", None),
+            "lut_path": self.lut_path,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.supernet.load_state_dict(state["supernet"])
+        self.arch.load_state_dict(state["arch"])
+        self.opt_w.load_state_dict(state["opt_w"])
+        self.opt_a.load_state_dict(state["opt_a"])
+        self.lam = state["lam"]
+        self.gen.set_state(state["gen"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history = state["history"]
+        self.lam_trajectory = [tuple(x) for x in state["lam_trajectory"]]
+        if state.get("epoch_stats") is not None:
+            self._epoch_stats = state["epoch_stats"]
+            self._epoch_stats["start"] = time.perf_counter()
+
+    def save(self, path: Path) -> None:
+        import io
+
+        buf = io.BytesIO()
+        torch.save(self.state_dict(), buf)
+        write_atomic(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict:
+    """The raw checkpoint dict; NasError naming the file when it is missing or corrupt."""
+    if not path.is_file():
+        raise NasError(f"{path}: no search checkpoint here (expected a file written by nas search)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise NasError(f"{path}: corrupt search checkpoint ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise NasError(f"{path}: not a search checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    return state
