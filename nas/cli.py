@@ -17,10 +17,18 @@ from supernets.errors import NasError
 
 __all__ = ["main"]
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line too (argparse prints the whole usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nas", description="Hardware-aware architecture search for efficient pose heads.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
     import nas.commands
 
     for info in sorted(pkgutil.iter_modules(nas.commands.__path__), key=lambda m: m.name):

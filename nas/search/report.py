@@ -45,7 +45,8 @@ def plot_search(history: list[dict], names: dict[str, list[str]], budget_ms: flo
     ax2.set_ylabel("ms")
     ax3 = ax2.twinx()
     ax3.plot(epochs, [h["lam"] for h in history], "s:", color="gray", label="lambda")
-    ax3.set_yscale("log")
+    if all(h["lam"] > 0 for h in history):
+        ax3.set_yscale("log")
     ax3.set_ylabel("lambda")
     ax2.legend(loc="upper left", fontsize=8)
     fig.tight_layout()

@@ -92,13 +92,13 @@ def prepare(cfg: SearchConfig, *, lut: str | None = None, allow_foreign_lut: boo
     space = _space(cfg)
     table, predictor = _table(space, cfg, lut, allow_foreign_lut, progress)
     (fast_spec, fast_ms), (slow_spec, slow_ms) = predictor.bounds(space)
-    low, high = (w * cfg.budget_ms for w in cfg.window)
-    if fast_ms > high:
+    high = cfg.window[1] * cfg.budget_ms
+    if fast_ms > cfg.budget_ms:
         raise NasError(
             f"budget {format_ms(cfg.budget_ms)} is out of reach: the fastest architecture of space "
             f"{space.name} at {space.skeleton.input_size[0]}x{space.skeleton.input_size[1]} takes "
             f"{format_ms(fast_ms)} on this device (table {table.path}); "
-            f"use --budget {format_ms(fast_ms / cfg.window[1] * 1.05)} or more, or a smaller "
+            f"use --budget {format_ms(fast_ms / cfg.window[1])} or more, or a smaller "
             "space or input")
     accuracy_only = slow_ms <= high
     if accuracy_only:
@@ -147,7 +147,11 @@ def search(cfg: SearchConfig | None, out: Path, *, lut: str | None = None,
 def _finish(searcher: Searcher, out: Path) -> dict:
     cfg, space, predictor, table = searcher.cfg, searcher.space, searcher.predictor, searcher.table
     probs = {lb: p.detach().cpu() for lb, p in searcher.arch.probs().items()}
-    window = None if searcher.accuracy_only else tuple(w * cfg.budget_ms for w in cfg.window)
+    window = None
+    if not searcher.accuracy_only:
+        low, high = (w * cfg.budget_ms for w in cfg.window)
+        # a budget just above the fastest network: widen the top up to the budget itself
+        window = (low, max(high, min(cfg.budget_ms, searcher.bounds_ms[0])))
     d = derive(space, probs, predictor.latency, window, name=f"{space.name}-{_budget_tag(cfg)}")
     spec = d.spec
     c = complexity(spec)

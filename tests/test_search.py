@@ -1,0 +1,165 @@
+"""`nas search` end to end on a tiny run: outputs, budget window, resume, bad input.
+
+The latency table here is synthetic (row latency proportional to MACs), so the budget logic is
+checked exactly and fast; tables measured on this machine are tested in test_lut_*.
+"""
+
+import json
+
+import pytest
+import torch
+
+from lut import LatencyPredictor, LatencyTable, space_rows
+from nas.cli import main
+from nas.search import SearchConfig, format_ms, search
+from supernets.flops import op_macs
+from supernets.space import get_space
+from supernets.spec import ArchSpec
+
+INPUT = (64, 64)
+TINY = ["--input", "64x64", "--epochs", "2", "--train-samples", "40", "--batch-size", "8",
+        "--no-progress", "--allow-foreign-lut"]
+
+
+@pytest.fixture(scope="module")
+def space():
+    return get_space("cpu-small", input_size=INPUT)
+
+
+@pytest.fixture(scope="module")
+def lut_path(space, tmp_path_factory):
+    rows = {r.key: op_macs(r.op, r.in_chs, r.out_chs, r.stride, r.in_hw) / 1e7 + 0.01
+            for r in space_rows(space)}
+    path = tmp_path_factory.mktemp("lut") / "macs.parquet"
+    LatencyTable.from_rows(space, rows).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bounds(lut_path, space):
+    predictor = LatencyPredictor(LatencyTable.load(lut_path, allow_foreign=True))
+    (_, fast), (_, slow) = predictor.bounds(space)
+    return fast, slow
+
+
+def run(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def searched(lut_path, bounds, tmp_path_factory):
+    fast, slow = bounds
+    budget = fast + 0.4 * (slow - fast)
+    out = tmp_path_factory.mktemp("search")
+    code = main(["search", "--budget", f"{budget}ms", "--lut", str(lut_path), "--out", str(out),
+                 "--json", *TINY])
+    assert code == 0
+    return out, budget
+
+
+def test_search_writes_arch_report_logs_plot(searched, space):
+    out, budget = searched
+    for name in ("arch.json", "report.json", "log.jsonl", "search.png", "checkpoint.pt"):
+        assert (out / name).stat().st_size > 0, name
+    spec = ArchSpec.load(out / "arch.json")
+    space.check(spec)
+    report = json.loads((out / "report.json").read_text())
+    assert report["arch"] == spec.to_dict()
+    assert 0.85 * budget <= report["predicted_ms"] <= budget
+    assert report["in_window"] and not report["accuracy_only"]
+    assert {x["label"] for x in report["layers"]} == set(spec.choices)
+    assert all(0 < x["prob"] <= 1 for x in report["layers"])
+    assert report["lut"]["sha256"] and report["lut"]["fingerprint"] == {"type": "synthetic"}
+    assert report["measured_ms"] is None  # a foreign (synthetic) table: nothing to measure
+    assert report["macs"] > 0 and report["params"] > 0 and report["seed"] == 0
+    assert report["lam_trajectory"][0] == [0, 0.1]
+    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in logs] == [1, 2]
+    assert [r["phase"] for r in logs] == ["warmup", "search"]
+    assert all(set(r["probs"]) == set(spec.choices) for r in logs)
+
+
+def test_search_json_prints_one_object(lut_path, bounds, tmp_path, capsys):
+    fast, slow = bounds
+    code, out, _ = run(["search", "--budget", f"{(fast + slow) / 2}ms", "--lut", str(lut_path),
+                        "--out", str(tmp_path / "s"), "--json", *TINY], capsys)
+    assert code == 0
+    report = json.loads(out)
+    assert report["out"] == str(tmp_path / "s") and "predicted_ms" in report
+
+
+def test_budget_below_fastest_stops_before_training(lut_path, bounds, tmp_path, capsys):
+    fast, _ = bounds
+    out = tmp_path / "never"
+    code, _, err = run(["search", "--budget", f"{fast * 0.5}ms", "--lut", str(lut_path),
+                        "--out", str(out), *TINY], capsys)
+    assert code == 2
+    assert "fastest" in err and format_ms(fast) in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_budget_above_slowest_searches_for_accuracy_alone(lut_path, bounds, tmp_path, capsys):
+    _, slow = bounds
+    code, out, err = run(["search", "--budget", f"{slow * 2}ms", "--lut", str(lut_path),
+                          "--out", str(tmp_path / "s"), "--json", *TINY], capsys)
+    assert code == 0
+    report = json.loads(out)
+    assert report["accuracy_only"] and report["window_ms"] is None
+    assert report["lam_trajectory"][-1][1] == 0.0
+    assert "accuracy alone" in err
+
+
+def test_resume_after_interruption_gives_the_same_architecture(lut_path, bounds, tmp_path):
+    fast, slow = bounds
+    cfg = dict(budget_ms=fast + 0.5 * (slow - fast), space="cpu-small", input_size=INPUT,
+               epochs=3, warmup_epochs=1, train_samples=40, batch_size=8, seed=3)
+    kw = dict(lut=str(lut_path), allow_foreign_lut=True, progress=False)
+    full = search(SearchConfig(**cfg), tmp_path / "full", **kw)
+
+    def stop_midway(searcher):
+        if searcher.epoch == 1 and searcher.step == 2:
+            searcher.request_stop()
+
+    stopped = search(SearchConfig(**cfg), tmp_path / "cut", on_step=stop_midway, **kw)
+    assert stopped["status"] == "interrupted"
+    assert not (tmp_path / "cut" / "arch.json").exists()
+    resumed = search(None, tmp_path / "cut", resume=True, **kw)
+    assert resumed["arch"]["choices"] == full["arch"]["choices"]
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["arch"]
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["arch"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--budget", "3 parsecs"], "--budget '3 parsecs'"),
+    (["--budget=-1ms"], "--budget '-1ms'"),
+    (["--budget", "-1ms"], "argument --budget: expected one argument"),
+    (["--budget", "3ms", "--task", "dance"], "--task 'dance'"),
+    (["--budget", "3ms", "--space", "nope"], "unknown space 'nope'"),
+    (["--budget", "3ms", "--data", "/nonexistent/lsp"], "/nonexistent/lsp"),
+    (["--budget", "3ms", "--mode", "softmax", "--epochs", "0"], "--epochs 0"),
+    ([], "--budget is required"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(argv, message, lut_path, bounds, tmp_path,
+                                                  capsys):
+    if "--data" in argv:  # a budget the table can meet, so the data is what fails
+        argv = ["--budget", f"{bounds[1]}ms", *argv[2:]]
+    out = tmp_path / "out"
+    code, _, err = run(["search", "--lut", str(lut_path), "--out", str(out), *TINY, *argv], capsys)
+    assert code == 2, err
+    assert message in err and "error:" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_resume_from_corrupt_checkpoint(tmp_path, capsys):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    code, _, err = run(["search", "--resume", str(tmp_path)], capsys)
+    assert code == 2 and "corrupt search checkpoint" in err and str(tmp_path) in err
+    code, _, err = run(["search", "--resume", str(tmp_path / "missing")], capsys)
+    assert code == 2 and "no search checkpoint" in err
