@@ -1,0 +1,86 @@
+"""``nas train ARCH --task pose [--data PATH] [--epochs N] [--input HxW] [--out DIR]
+[--resume DIR] [--json]``: train an architecture from scratch, validating every epoch.
+
+``--data`` names a dataset by its layout (Leeds Sports Pose, MPII, COCO: see ``nas.pose.data``);
+omitted, the embedded synthetic figures. The recipe is EfficientPose's: Adam lr 1e-3, weight
+decay 1e-4, lr x0.1 at 75% and 85% of the epochs. Ctrl-C stops after the current step, writes a
+checkpoint and prints the command that continues the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from nas.argtypes import input_size, positive_int
+from nas.commands import Result
+from nas.pose import format_result
+from supernets.errors import NasError
+from supernets.named import load_arch
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train an architecture from scratch", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("arch", nargs="?", help="arch JSON file or a named architecture (e.g. "
+                   "mobilenetv2); optional with --resume")
+    p.add_argument("--task", default="pose", help="task (pose)")
+    p.add_argument("--data", help="dataset: an LSP, MPII or COCO folder or an MPII/COCO JSON "
+                   "file (default: embedded synthetic figures)")
+    p.add_argument("--val-data", help="validate on this dataset instead of --data's "
+                   "validation split (needed when --data is a single JSON file)")
+    p.add_argument("--detections", help="COCO: validate on these person boxes (JSON list of "
+                   "{image_id, bbox, score}) instead of the ground-truth boxes")
+    p.add_argument("--epochs", type=positive_int, help="epochs (default 200, as EfficientPose)")
+    p.add_argument("--batch-size", type=positive_int, help="batch size (default 32)")
+    p.add_argument("--input", type=input_size, metavar="HxW", help="override the arch's input")
+    p.add_argument("--joints", type=positive_int, metavar="N",
+                   help="override the arch's joint count (it must match the data)")
+    p.add_argument("--sigma", type=float, help="Gaussian target sigma in heatmap px (default 2)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, order, augmentation")
+    p.add_argument("--limit", type=positive_int, metavar="N",
+                   help="use at most N training (and validation) images, for quick runs")
+    p.add_argument("--workers", type=int, help="data loading processes (default 2)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's; on a "
+                   "busy machine fewer threads can be much faster)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/train/ARCH-NAME)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR (its settings; "
+                   "--epochs may extend it)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=run)
+
+
+_CFG_ARGS = ("task", "data", "val_data", "detections", "epochs", "batch_size", "sigma", "lr",
+             "seed", "limit", "workers", "device", "threads")
+
+
+def run(args) -> Result:
+    from nas.train import TrainConfig, train
+
+    if args.resume:
+        arch = load_arch(args.arch, input_size=args.input, num_joints=args.joints) \
+            if args.arch else None
+        report = train(None, args.resume, resume=True, epochs=args.epochs, arch=arch,
+                       workers=args.workers, progress=not args.no_progress)
+    else:
+        if args.arch is None:
+            raise NasError("an architecture is required (arch JSON or a name such as "
+                           "mobilenetv2), unless --resume DIR")
+        spec = load_arch(args.arch, input_size=args.input, num_joints=args.joints)
+        kwargs = {k: getattr(args, k) for k in _CFG_ARGS if getattr(args, k) is not None}
+        cfg = TrainConfig(arch=spec.to_dict(), **kwargs)
+        report = train(cfg, args.out or f"runs/train/{spec.name}",
+                       progress=not args.no_progress)
+    if report["status"] == "interrupted":
+        return Result(f"training interrupted after epoch {report['epoch']} step "
+                      f"{report['step']}; checkpoints in {report['out']}\n"
+                      f"continue with: {report['resume']}", report)
+    best = report["best"]
+    lines = [f"trained {report['arch']} for {report['epochs']} epochs on {report['data']}; "
+             f"run in {report['out']} (last.pt, best.pt, log.jsonl, metrics.json)",
+             f"best epoch {best['epoch']}: {best['metric']} {best['val']:.2f}",
+             f"final model on {report['val_data']}:",
+             format_result(report["final_flip"])]
+    return Result("\n".join(lines), report)

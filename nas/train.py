@@ -1,0 +1,354 @@
+"""Training an architecture from scratch, with per-epoch validation, checkpoints and resume.
+
+The recipe is EfficientPose's (no pretraining): Adam, lr 1e-3, weight decay 1e-4, lr x0.1 at
+75% and 85% of the epochs (150 and 170 of 200), scaled to the epoch count; the augmentation of
+the readers (scale +-25%, rotation +-30 deg, flip), Gaussian targets with sigma 2.
+
+A run directory holds::
+
+    last.pt        nas.model/1 checkpoint after the latest epoch (meta: epoch, metrics)
+    best.pt        the epoch with the best validation metric so far
+    resume.pt      optimiser state, epoch and step, history: what --resume needs (nas.train/1)
+    log.jsonl      one line per epoch: lr, training loss, validation metric, seconds
+    metrics.json   written at the end: the last model's validation metric, with and without
+                   flip test, per joint; the best epoch
+
+Validation uses each dataset's metric (``nas.pose.evaluation``): PCK@0.2 for LSP and the
+synthetic figures, PCKh@0.5 for MPII, OKS AP for COCO.
+
+Determinism: weights are initialised under ``seed``; the order of epoch e is a permutation drawn
+from (seed, e) and augmentation from (seed, e, sample), so a run interrupted (Ctrl-C writes
+``resume.pt`` at the next step) and resumed ends, on the CPU, with the same weights as one that
+was never interrupted. On the CPU the model and its inputs are kept channels_last: in NCHW the
+backward pass of depthwise convolutions takes a slow path (seconds per step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from nas.checkpoint import layers_difference, save_model_checkpoint
+from nas.pose import VALIDATION_SPLIT, dataset_kind, evaluate_model, heatmap_loss, make_dataset
+from supernets.errors import NasError
+from supernets.fileio import write_atomic
+from supernets.model import PoseNet
+from supernets.spec import ArchSpec
+
+__all__ = ["RESUME_FORMAT", "TASKS", "TrainConfig", "Trainer", "learning_rate", "train"]
+
+RESUME_FORMAT = "nas.train/1"
+TASKS = ("pose",)
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; saved in ``resume.pt`` and ``metrics.json``."""
+
+    arch: dict                      # the nas.arch/1 object trained (input/joint overrides applied)
+    task: str = "pose"
+    data: str | None = None         # None: the embedded synthetic figures
+    val_data: str | None = None     # None: the validation split of ``data``
+    detections: str | None = None   # COCO person boxes for validation (None: ground truth)
+    epochs: int = 200
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    decay_at: tuple[float, ...] = (0.75, 0.85)   # fractions of the epochs
+    decay_factor: float = 0.1
+    sigma: float = 2.0
+    seed: int = 0
+    limit: int | None = None        # at most this many training (and validation) images
+    synthetic_train: int = 2000     # synthetic figures per split when ``data`` is None
+    synthetic_val: int = 500
+    workers: int = 2
+    device: str = "cpu"
+    threads: int | None = None      # CPU threads (None: torch's default)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise NasError(f"--task {self.task!r}: expected one of {', '.join(TASKS)}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise NasError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected a "
+                               "positive integer")
+        if self.limit is not None and self.limit < 1:
+            raise NasError(f"--limit {self.limit}: expected a positive integer")
+        if self.threads is not None and self.threads < 1:
+            raise NasError(f"--threads {self.threads}: expected a positive integer")
+        if self.workers < 0:
+            raise NasError(f"--workers {self.workers}: expected 0 or more")
+        self.decay_at = tuple(self.decay_at)
+
+    @property
+    def spec(self) -> ArchSpec:
+        return ArchSpec.from_dict(self.arch, where="arch")
+
+    def milestones(self) -> list[int]:
+        """Epochs (0-based) from which the lr is multiplied by ``decay_factor`` once more."""
+        return [round(f * self.epochs) for f in self.decay_at]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """The step schedule: ``lr`` x ``decay_factor`` per milestone reached by ``epoch``."""
+    return cfg.lr * cfg.decay_factor ** sum(epoch >= m for m in cfg.milestones())
+
+
+class Trainer:
+    """One training run: model, optimiser, data and the position in the schedule."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.spec = cfg.spec
+        sk = self.spec.skeleton
+        common = dict(num_joints=sk.num_joints, sigma=cfg.sigma, seed=cfg.seed, limit=cfg.limit)
+        self.train_set = make_dataset(cfg.data, "train", sk.input_size, sk.heatmap_size,
+                                      augment=True, synthetic_size=cfg.synthetic_train, **common)
+        val_data = cfg.val_data if cfg.val_data is not None else cfg.data
+        if cfg.val_data is None and cfg.data is not None and Path(cfg.data).is_file():
+            print(f"nas: --data {cfg.data} is a single annotation file: validating on the "
+                  "training data itself (give --val-data for a held-out file)", file=sys.stderr)
+        self.val_set = make_dataset(val_data, VALIDATION_SPLIT[dataset_kind(val_data)],
+                                    sk.input_size, sk.heatmap_size, augment=False,
+                                    synthetic_size=cfg.synthetic_val,
+                                    detections=cfg.detections, **common)
+        self.device = torch.device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)   # the initial weights, and nothing else, come from here
+            model = PoseNet(self.spec)
+        self.model = model.to(self.device, memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
+                                          weight_decay=cfg.weight_decay)
+        self.epoch, self.step = 0, 0
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
+        self._stop = False
+        self._loss_sum = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.cfg.epochs
+
+    def request_stop(self) -> None:
+        """Stop at the next step boundary, after writing the checkpoints."""
+        self._stop = True
+
+    def _order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch)
+        return torch.randperm(len(self.train_set), generator=g).tolist()
+
+    def _batches(self):
+        """The batches of the current epoch from ``self.step`` on (resume skips the rest)."""
+        self.train_set.set_epoch(self.epoch)
+        order = self._order()[self.step * self.cfg.batch_size:]
+        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=order,
+                          num_workers=self.cfg.workers)
+
+    def _train_step(self, batch: dict) -> float:
+        images = batch["image"].to(self.device).contiguous(memory_format=torch.channels_last)
+        loss = heatmap_loss(self.model(images), batch["target"].to(self.device),
+                            batch["target_weight"].to(self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def validate(self, *, flip: bool = False, progress: bool = False) -> dict:
+        return evaluate_model(self.model, self.val_set, flip=flip, device=self.device,
+                              batch_size=self.cfg.batch_size, num_workers=self.cfg.workers,
+                              progress=progress)
+
+    def run(self, out: Path, *, progress: bool = True,
+            on_step: Callable[[Trainer], None] | None = None) -> bool:
+        """Train until the last epoch or a stop request; True when training is complete."""
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum, frame):
+            if self._stop:
+                raise KeyboardInterrupt
+            self._stop = True
+            tqdm.write("nas: stopping after this step and saving a checkpoint "
+                       "(Ctrl-C again to abort now)", file=sys.stderr)
+
+        try:
+            signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:   # not the main thread
+            previous = None
+        bar = tqdm(total=self.cfg.epochs * self.steps_per_epoch,
+                   initial=self.epoch * self.steps_per_epoch + self.step, disable=not progress,
+                   unit="step", desc="train", dynamic_ncols=True)
+        try:
+            while not self.finished:
+                lr = learning_rate(self.cfg, self.epoch)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                if self.step == 0:
+                    self._loss_sum, self._epoch_start = 0.0, time.perf_counter()
+                self.model.train()
+                for batch in self._batches():
+                    if self._stop:
+                        self.save(out)
+                        return False
+                    loss = self._train_step(batch)
+                    self._loss_sum += loss
+                    self.step += 1
+                    bar.update(1)
+                    bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss:.2e}", lr=f"{lr:.0e}",
+                                    refresh=False)
+                    if on_step:
+                        on_step(self)
+                self._end_epoch(lr)
+                self.save(out)
+                if self._stop and not self.finished:
+                    return False
+            return True
+        finally:
+            bar.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _end_epoch(self, lr: float) -> None:
+        val = self.validate()
+        entry = {"epoch": self.epoch + 1, "lr": lr,
+                 "train_loss": self._loss_sum / max(self.step, 1),
+                 "val_metric": val["metric"], "val": val["mean"], "val_loss": val["loss"],
+                 "seconds": time.perf_counter() - getattr(self, "_epoch_start",
+                                                          time.perf_counter())}
+        self.history.append(entry)
+        tqdm.write(f"epoch {entry['epoch']}/{self.cfg.epochs}: loss {entry['train_loss']:.3e}, "
+                   f"val {val['metric']} {val['mean']:.2f}", file=sys.stderr)
+        self.epoch, self.step = self.epoch + 1, 0
+        if self.best is None or _better(val["mean"], self.best["val"]):
+            self.best = {"epoch": self.epoch, "val": val["mean"], "metric": val["metric"]}
+            self._improved = True
+        else:
+            self._improved = False
+
+    # -- files ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"format": RESUME_FORMAT, "config": self.cfg.to_dict(), "epoch": self.epoch,
+                "step": self.step, "loss_sum": self._loss_sum, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "history": self.history,
+                "best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self._loss_sum = state["loss_sum"]
+        self.history, self.best = state["history"], state["best"]
+
+    def save(self, out: Path) -> None:
+        """``resume.pt``, ``last.pt`` (and ``best.pt`` after an improving epoch), ``log.jsonl``."""
+        meta = {"epoch": self.epoch, "step": self.step, "complete": self.finished,
+                "metrics": self.history[-1] if self.history else None,
+                "data": self.cfg.data, "seed": self.cfg.seed}
+        save_model_checkpoint(out / "last.pt", self.spec, self.model, **meta)
+        if self.step == 0 and getattr(self, "_improved", False):
+            save_model_checkpoint(out / "best.pt", self.spec, self.model, **meta)
+            self._improved = False
+        buffer = io.BytesIO()
+        torch.save(self.state_dict(), buffer)
+        write_atomic(out / "resume.pt", buffer.getvalue())
+        write_atomic(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+
+
+def _better(a: float, b: float) -> bool:
+    return not math.isnan(a) and (math.isnan(b) or a > b)
+
+
+def _load_resume(out: Path) -> dict:
+    path = out / "resume.pt"
+    if not path.is_file():
+        raise NasError(f"{path}: no training run to resume here (expected resume.pt written by "
+                       "nas train)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  torch raises several types for damaged files
+        raise NasError(f"{path}: corrupt resume file ({type(e).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        raise NasError(f"{path}: not a training resume file (expected format "
+                       f"{RESUME_FORMAT!r})")
+    return state
+
+
+def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
+          epochs: int | None = None, arch: ArchSpec | None = None, workers: int | None = None,
+          progress: bool = True, on_step: Callable[[Trainer], None] | None = None) -> dict:
+    """Train into ``out``, or resume the run there (its config; ``epochs`` may extend it,
+    ``arch`` must match it). Every input is checked before anything is written. Returns the
+    final report, or ``{"status": "interrupted", ...}``."""
+    out = Path(out)
+    state = None
+    if resume:
+        state = _load_resume(out)
+        try:
+            cfg = TrainConfig(**state["config"])
+        except TypeError as e:
+            raise NasError(f"{out / 'resume.pt'}: config does not match this version ({e})"
+                           ) from None
+        if arch is not None:
+            difference = layers_difference(arch, cfg.spec)
+            if difference:
+                raise NasError(f"{out}: this run trains {cfg.spec.name!r}, not {arch.name!r}: "
+                               f"{difference}")
+        if epochs is not None:
+            cfg.epochs = max(cfg.epochs, epochs)
+        if workers is not None:
+            cfg.workers = workers
+    elif (out / "resume.pt").exists():
+        raise NasError(f"{out}: already holds a training run; continue it with --resume {out} "
+                       "or choose another --out")
+    trainer = Trainer(cfg)
+    if state is not None:
+        try:
+            trainer.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise NasError(f"{out / 'resume.pt'}: does not match this run ({e})") from None
+    out.mkdir(parents=True, exist_ok=True)
+    if not trainer.run(out, progress=progress, on_step=on_step):
+        return {"status": "interrupted", "out": str(out), "epoch": trainer.epoch,
+                "step": trainer.step, "resume": f"nas train --resume {out}"}
+    return _finish(trainer, out, progress)
+
+
+def _finish(trainer: Trainer, out: Path, progress: bool) -> dict:
+    cfg = trainer.cfg
+    final = trainer.validate(progress=progress)
+    final_flip = trainer.validate(flip=True, progress=progress)
+    report = {
+        "status": "complete",
+        "arch": trainer.spec.name,
+        "out": str(out),
+        "data": cfg.data or "synthetic",
+        "val_data": cfg.val_data or cfg.data or "synthetic",
+        "epochs": cfg.epochs,
+        "metric": final["metric"],
+        "final": final,
+        "final_flip": final_flip,
+        "best": trainer.best,
+        "history": trainer.history,
+        "checkpoints": {"last": str(out / "last.pt"), "best": str(out / "best.pt")},
+        "config": cfg.to_dict(),
+    }
+    write_atomic(out / "metrics.json", json.dumps(report, indent=2, default=str) + "\n")
+    return report
