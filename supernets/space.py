@@ -100,9 +100,12 @@ class SearchSpace:
         return [layer for layer in self.layers() if layer.searchable]
 
     def spec(self, choices: dict[str, str], name: str | None = None) -> ArchSpec:
-        """The spec for ``choices``; every choice must be one this space offers."""
+        """The spec for ``choices``; every choice must be one this space offers. Layers with a
+        single candidate need no choice."""
+        fixed = {layer.label: layer.candidates[0].name for layer in self.layers()
+                 if layer.kind in ("backbone", "head") and not layer.searchable}
         spec = ArchSpec(name=name or f"{self.name}-arch", skeleton=self.skeleton,
-                        choices=choices, space=self.name)
+                        choices={**fixed, **choices}, space=self.name)
         self.check(spec)
         return spec
 

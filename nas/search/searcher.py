@@ -177,7 +177,7 @@ class Searcher:
         mixes = self.arch.mixes(cfg.mode, self.gen, arch_grad=True, temperature=temperature)
         task = self._task_loss(batch, mixes)
         expected = self.expected_latency()
-        cost = torch.log(expected) / math.log(cfg.tau)
+        cost = (torch.log(expected) / math.log(cfg.tau)).to(task.device, task.dtype)
         loss = task + self.lam * cost
         params = list(self.arch.parameters())
         grads = torch.autograd.grad(loss, params, allow_unused=True)

@@ -1,0 +1,284 @@
+"""Building a table: measure every row a space needs, then calibrate on whole networks.
+
+``build_table(space, device)`` enumerates the space's rows (``lut.keys.space_rows``), builds each
+op with ``supernets.ops.build_op`` (the factory the networks use) and times it on a random input
+of its shape with ``lut.timing.measure``. Rows are measured in chunks, interleaved within a chunk,
+in a seeded random order; the table is saved atomically after each chunk, so a killed build
+resumes with the missing rows only. Chunks are large (all 128 rows of cpu-small are one): a
+slow spell of the shared machine then lands on every row alike, which the calibration absorbs,
+where with 32-row chunks it inflated one chunk's rows by up to 50% (measured).
+A file lock beside the table (``.<name>.lock``) makes a second builder on the same file wait
+and then resume (finding nothing left to measure) instead of measuring on a busy machine and
+racing on the file.
+
+Calibration: a few whole networks (the space's largest, its fastest by the table and random
+samples drawn with ``seed``) are measured end to end with the same timing method and an affine
+map ``measured = a * sum_of_rows + b`` is fitted by least squares on relative error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock, Timeout
+from tqdm import tqdm
+
+from lut.device import canonical_device, default_threads, parse_device, parse_dtype, runtime
+from lut.fingerprint import device_slug, fingerprint, gpu_state
+from lut.keys import RowShape, space_rows
+from lut.table import Calibration, LatencyTable, space_to_dict
+from lut.timing import Timing, TimingConfig, measure, resolve_clock
+from supernets.errors import NasError
+from supernets.model import PoseNet
+from supernets.ops import build_op
+from supernets.space import SearchSpace
+from supernets.spec import ArchSpec
+
+__all__ = ["BuildResult", "build", "build_table", "calibrate", "default_table_path",
+           "measure_network", "measure_networks"]
+
+CHUNK_ROWS = 256  # the unit of resume (see the module docstring)
+CALIBRATION_NETWORKS = 8
+
+
+def default_table_path(space: SearchSpace, device: str, batch: int = 1, dtype: str = "fp32", *,
+                       threads: int | None = None, root: str | Path = "results") -> Path:
+    """``results/lut/<device-slug>/<space>-<H>x<W>-b<batch>-<dtype>.parquet`` (``-t<N>`` added
+    for a non-default thread count), relative to the working directory unless ``root`` is given.
+
+    The slug comes from this machine's fingerprint of ``device``, so a table measured elsewhere
+    is not picked up by accident.
+    """
+    dev = parse_device(device)
+    threads = threads or default_threads(dev)
+    h, w = space.skeleton.input_size
+    name = f"{space.name}-{h}x{w}-b{batch}-{dtype}"
+    if threads != default_threads(dev):
+        name += f"-t{threads}"
+    return Path(root) / "lut" / device_slug(fingerprint(dev, threads)) / f"{name}.parquet"
+
+
+def _conditions(dev: torch.device) -> dict:
+    """What varies between runs on one device: load on CPU, clocks and temperature on GPU."""
+    if dev.type == "cuda":
+        return gpu_state(dev.index or 0)
+    return {"loadavg_1m": round(os.getloadavg()[0], 2)}
+
+
+def _op_call(row: RowShape, dev: torch.device, dtype: torch.dtype, batch: int,
+             gen: torch.Generator) -> Callable[[], object]:
+    module = build_op(row.op, row.in_chs, row.out_chs, row.stride).eval().to(dev, dtype)
+    x = torch.randn(batch, row.in_chs, *row.in_hw, generator=gen).to(dev, dtype)
+    return lambda: module(x)
+
+
+def _net_call(spec: ArchSpec, dev: torch.device, dtype: torch.dtype, batch: int,
+              gen: torch.Generator) -> Callable[[], object]:
+    model = PoseNet(spec).eval().to(dev, dtype)
+    x = torch.randn(batch, 3, *spec.skeleton.input_size, generator=gen).to(dev, dtype)
+    return lambda: model(x)
+
+
+def measure_networks(specs: Sequence[ArchSpec], device: str = "cpu", *, batch: int = 1,
+                     dtype: str = "fp32", threads: int | None = None,
+                     timing: TimingConfig | None = None, progress: bool = False,
+                     desc: str = "networks") -> list[Timing]:
+    """End-to-end timings of whole networks, interleaved in rounds; one per spec, in order."""
+    dev, dt = parse_device(device), parse_dtype(dtype)
+    threads = threads or default_threads(dev)
+    timing = timing or TimingConfig()
+    clock = resolve_clock(timing.clock, dev, threads)
+    gen = torch.Generator().manual_seed(timing.seed)
+    with runtime(dev, threads):
+        calls = {f"{i}:{s.name}": _net_call(s, dev, dt, batch, gen) for i, s in enumerate(specs)}
+        with tqdm(total=timing.rounds * len(calls), desc=desc, unit="run",
+                  disable=not progress, file=sys.stderr, leave=False) as bar:
+            timings = measure(calls, dev, timing, clock=clock, on_round=bar.update)
+    return [timings[name] for name in calls]
+
+
+def measure_network(spec: ArchSpec, device: str = "cpu", *, batch: int = 1, dtype: str = "fp32",
+                    threads: int | None = None, timing: TimingConfig | None = None) -> dict:
+    """End-to-end timing of ``spec``'s standalone network with the tables' timing method."""
+    dev = parse_device(device)
+    threads = threads or default_threads(dev)
+    timing = timing or TimingConfig()
+    (t,) = measure_networks([spec], device, batch=batch, dtype=dtype, threads=threads,
+                            timing=timing)
+    return {**t.to_dict(), "device": canonical_device(device), "batch": batch, "dtype": dtype,
+            "threads": threads, "clock": resolve_clock(timing.clock, dev, threads)}
+
+
+def calibrate(raw_ms: Sequence[float], measured_ms: Sequence[float]) -> tuple[float, float]:
+    """Least squares on relative error: minimise sum(((a * raw + b) - measured) / measured)^2."""
+    raw, meas = np.asarray(raw_ms, float), np.asarray(measured_ms, float)
+    if len(raw) < 2 or np.ptp(raw) == 0:
+        return float(np.median(meas / raw)), 0.0  # no spread to fit a slope: scale only
+    a, b = np.polyfit(raw, meas, 1, w=1.0 / meas)
+    return float(a), float(b)
+
+
+def _calibration_specs(table: LatencyTable, space: SearchSpace, n: int,
+                       seed: int) -> list[ArchSpec]:
+    from lut.predictor import LatencyPredictor  # the predictor imports table; avoid a cycle
+
+    uncalibrated = LatencyPredictor(table.with_meta(calibration=Calibration(1.0, 0.0).to_dict()))
+    (fastest, _), _ = uncalibrated.bounds(space)
+    specs = [space.largest(), fastest]
+    rng = np.random.default_rng(seed)
+    while len(specs) < n:
+        specs.append(space.sample(rng, f"calibration-{len(specs) - 1}"))
+    return specs[:n]
+
+
+def _fit_calibration(table: LatencyTable, space: SearchSpace, *, networks: int, seed: int,
+                     timing: TimingConfig, progress: bool) -> Calibration:
+    from lut.predictor import LatencyPredictor
+
+    specs = _calibration_specs(table, space, networks, seed)
+    measured = measure_networks(specs, table.device, batch=table.batch, dtype=table.dtype,
+                                threads=table.threads, timing=timing, progress=progress,
+                                desc="calibration")
+    raw_predictor = LatencyPredictor(table.with_meta(calibration=Calibration(1.0, 0.0).to_dict()))
+    raw = [raw_predictor.raw_latency(s) for s in specs]
+    a, b = calibrate(raw, [t.median_ms for t in measured])
+    if not a > 0:
+        raise NasError(f"{table.where()}: calibration failed (slope {a:.3g}): whole-network "
+                       "times do not grow with the table's sums; the machine was probably too "
+                       "busy, build again")
+    nets = [{"name": s.name, "choices": dict(s.choices), "raw_ms": r, "measured_ms": t.median_ms,
+             "p10_ms": t.p10_ms, "p90_ms": t.p90_ms, "predicted_ms": a * r + b}
+            for s, r, t in zip(specs, raw, measured)]
+    return Calibration(a, b, tuple(nets))
+
+
+def _open_or_create(out: Path, space: SearchSpace, dev: torch.device, device: str, batch: int,
+                    dtype: str, threads: int, clock: str, timing: TimingConfig,
+                    resume: bool) -> LatencyTable:
+    fresh = LatencyTable.empty(space, device=device, batch=batch, dtype=dtype, threads=threads,
+                               clock=clock, fingerprint=fingerprint(dev, threads),
+                               timing=timing.to_dict(), path=out)
+    if not (resume and out.exists()):
+        return fresh
+    existing = LatencyTable.load(out)  # refuses a corrupt or foreign file: never overwrite it
+    if existing.settings() != fresh.settings():
+        want, have = fresh.settings(), existing.settings()
+        diff = ", ".join(f"{k} {have[k] if k != 'space' else have[k]['name']!r} here vs "
+                         f"{want[k] if k != 'space' else want[k]['name']!r} asked"
+                         for k in want if want[k] != have[k])
+        raise NasError(f"{out}: holds a table with other settings ({diff}); choose another "
+                       "--out, or pass --no-resume to measure it again from scratch")
+    return existing
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: Path
+    rows: int             # rows the table holds for its space
+    measured_rows: int    # rows measured by this call (0: the table was complete)
+    calibrated: bool      # calibration fitted by this call
+    seconds: float        # this call's wall time
+
+
+def build_table(space: SearchSpace, device: str = "cpu", *, batch: int = 1, dtype: str = "fp32",
+                threads: int | None = None, out: Path | None = None, progress: bool = True,
+                resume: bool = True, timing: TimingConfig | None = None,
+                chunk_rows: int = CHUNK_ROWS, calibration_networks: int = CALIBRATION_NETWORKS,
+                seed: int = 0, lock_timeout: float = -1) -> Path:
+    """Measure (or complete) ``space``'s table on ``device`` and calibrate it; returns its path.
+
+    ``resume=False`` measures every row again; ``lock_timeout``: seconds to wait for another
+    builder of the same file (-1: as long as it takes).
+    """
+    return build(space, device, batch=batch, dtype=dtype, threads=threads, out=out,
+                 progress=progress, resume=resume, timing=timing, chunk_rows=chunk_rows,
+                 calibration_networks=calibration_networks, seed=seed,
+                 lock_timeout=lock_timeout).path
+
+
+def build(space: SearchSpace, device: str = "cpu", *, batch: int = 1, dtype: str = "fp32",
+          threads: int | None = None, out: Path | None = None, progress: bool = True,
+          resume: bool = True, timing: TimingConfig | None = None, chunk_rows: int = CHUNK_ROWS,
+          calibration_networks: int = CALIBRATION_NETWORKS, seed: int = 0,
+          lock_timeout: float = -1) -> BuildResult:
+    """``build_table`` that also says what it did."""
+    dev, _ = parse_device(device), parse_dtype(dtype)
+    if batch < 1:
+        raise NasError(f"batch = {batch}: expected a positive integer")
+    threads = threads or default_threads(dev)
+    timing = timing or TimingConfig(seed=seed)
+    clock = resolve_clock(timing.clock, dev, threads)
+    out = Path(out) if out is not None else default_table_path(space, device, batch, dtype,
+                                                                threads=threads)
+    if out.suffix != ".parquet":
+        raise NasError(f"--out {out}: expected a .parquet file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out.parent / f".{out.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"nas: {out} is being built by another process; waiting for it", file=sys.stderr)
+        try:
+            lock.acquire(timeout=lock_timeout)
+        except Timeout:
+            raise NasError(f"{out}: another build holds {lock.lock_file} "
+                           f"(waited {lock_timeout:g} s)") from None
+    try:
+        return _build_locked(space, dev, canonical_device(device), batch=batch, dtype=dtype,
+                             threads=threads, clock=clock, out=out, progress=progress,
+                             resume=resume, timing=timing, chunk_rows=chunk_rows,
+                             calibration_networks=calibration_networks, seed=seed)
+    finally:
+        lock.release()
+
+
+def _build_locked(space: SearchSpace, dev: torch.device, device: str, *, batch: int, dtype: str,
+                  threads: int, clock: str, out: Path, progress: bool, resume: bool,
+                  timing: TimingConfig, chunk_rows: int, calibration_networks: int,
+                  seed: int) -> BuildResult:
+    started = time.perf_counter()
+    table = _open_or_create(out, space, dev, device, batch, dtype, threads, clock, timing, resume)
+    prior_seconds = float(table.meta.get("build_seconds", 0.0))  # a resumed build's earlier time
+
+    def seconds() -> float:
+        return round(prior_seconds + time.perf_counter() - started, 1)
+
+    missing = table.missing(space)
+    order = np.random.default_rng(seed).permutation(len(missing))
+    missing = [missing[i] for i in order]
+    calibrated = False
+    before = _conditions(dev)
+    gen = torch.Generator().manual_seed(seed)
+    dt = parse_dtype(dtype)
+    with tqdm(total=len(missing), desc=f"lut {space.name} on {device}", unit="row",
+              disable=not progress or not missing, file=sys.stderr,
+              bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} rows "
+                         "[{elapsed}<{remaining}]") as bar:
+        with runtime(dev, threads) as settings:
+            for start in range(0, len(missing), chunk_rows):
+                chunk = missing[start:start + chunk_rows]
+                calls = {row.key: _op_call(row, dev, dt, batch, gen) for row in chunk}
+                timings = measure(calls, dev, timing, clock=clock,
+                                  on_round=lambda n: bar.update(n / timing.rounds))
+                table = table.with_rows({row: timings[row.key] for row in chunk})
+                table = table.with_meta(runtime=settings, calibration=None,
+                                        build_seconds=seconds())
+                table.save(out)
+    if missing or table.calibration is None:
+        calibration = _fit_calibration(table, space, networks=calibration_networks, seed=seed,
+                                       timing=timing, progress=progress)
+        table = table.with_meta(
+            calibration=calibration.to_dict(), build_seconds=seconds(),
+            conditions={"before": before, "after": _conditions(dev)},
+            space=space_to_dict(space))
+        table.save(out)
+        calibrated = True
+    return BuildResult(out, len(space_rows(space)), len(missing), calibrated,
+                       round(time.perf_counter() - started, 1))

@@ -1,0 +1,153 @@
+"""Does a table predict measured latency? Random networks, measured end to end, side by side.
+
+``validate_table(table, samples=30)`` draws ``samples`` random networks of the table's space with
+``seed`` (the build calibrates with seed 0 and validation defaults to seed 1, so these are other
+networks), measures them end to end with the table's timing method, and compares three
+predictions with the measurements:
+
+    table       the calibrated prediction, ``LatencyPredictor.latency``
+    table_raw   the plain sum of rows, before calibration
+    flops       latency proportional to MACs, scaled from one reference network measured in the
+                same rounds (what one does without a table)
+
+For each: median and p90 of |predicted - measured| / measured, the share within 10%, and Kendall's
+tau between predicted and measured. A CSV (one line per network) and a scatter plot (PNG) are
+written next to the table as ``<table>.validation.csv`` / ``.png``, plus the summary as JSON.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from scipy.stats import kendalltau
+
+from lut.build import measure_networks
+from lut.predictor import LatencyPredictor
+from lut.table import LatencyTable
+from lut.timing import TimingConfig
+from supernets.errors import NasError
+from supernets.fileio import write_atomic
+from supernets.flops import complexity
+
+__all__ = ["METHODS", "ValidationReport", "error_metrics", "validate_table"]
+
+METHODS = ("table", "table_raw", "flops")
+
+
+def error_metrics(predicted, measured) -> dict:
+    """Median and p90 absolute relative error, share within 10%, Kendall's tau."""
+    pred, meas = np.asarray(predicted, float), np.asarray(measured, float)
+    err = np.abs(pred - meas) / meas
+    tau = kendalltau(pred, meas).statistic if len(pred) > 1 else float("nan")
+    return {"median_abs_rel_error": float(np.median(err)),
+            "p90_abs_rel_error": float(np.percentile(err, 90)),
+            "within_10pct": float(np.mean(err <= 0.10)),
+            "kendall_tau": float(tau)}
+
+
+@dataclass
+class ValidationReport:
+    networks: pd.DataFrame      # one row per network
+    metrics: dict[str, dict]    # method -> error_metrics
+    reference: dict             # the FLOPs estimate's reference network
+    csv_path: Path | None
+    png_path: Path | None
+    json_path: Path | None
+    settings: dict
+
+    def to_dict(self) -> dict:
+        return {"metrics": self.metrics, "reference": self.reference,
+                "samples": len(self.networks), "csv": str(self.csv_path),
+                "png": str(self.png_path), "json": str(self.json_path), **self.settings}
+
+
+def _scatter_png(df: pd.DataFrame, metrics: dict, title: str) -> bytes:
+    fig = Figure(figsize=(6.4, 5.2), dpi=110)
+    ax = fig.add_subplot()
+    lo = 0.9 * float(df[["measured_ms", "table_ms", "flops_ms"]].min().min())
+    hi = 1.1 * float(df[["measured_ms", "table_ms", "flops_ms"]].max().max())
+    line = np.array([lo, hi])
+    ax.plot(line, line, color="black", lw=1, label="predicted = measured")
+    ax.fill_between(line, 0.9 * line, 1.1 * line, color="grey", alpha=0.2, label="±10%")
+    for method, marker, color in (("table", "o", "tab:blue"), ("flops", "x", "tab:orange")):
+        m = metrics[method]
+        ax.scatter(df["measured_ms"], df[f"{method}_ms"], marker=marker, color=color,
+                   label=(f"{method}: median err {100 * m['median_abs_rel_error']:.1f}%, "
+                          f"{100 * m['within_10pct']:.0f}% within 10%, "
+                          f"tau {m['kendall_tau']:.2f}"))
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured latency (ms, median)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _outputs(table: LatencyTable, out_dir: Path | None) -> tuple[Path, Path, Path] | None:
+    """``<dir>/<table stem>.validation.{csv,png,json}``; None for an in-memory table."""
+    if table.path is None and out_dir is None:
+        return None
+    folder = Path(out_dir) if out_dir is not None else table.path.parent
+    stem = table.path.stem if table.path is not None else "table"
+    return tuple(folder / f"{stem}.validation.{ext}" for ext in ("csv", "png", "json"))
+
+
+def validate_table(table: LatencyTable, *, samples: int = 30, seed: int = 1,
+                   timing: TimingConfig | None = None, out_dir: Path | None = None,
+                   progress: bool = True) -> ValidationReport:
+    """Measure ``samples`` random networks and compare predictions; writes CSV, PNG, JSON."""
+    if samples < 2:
+        raise NasError(f"--samples {samples}: expected at least 2 networks")
+    predictor = LatencyPredictor(table)  # refuses an uncalibrated table, names missing rows
+    space = table.space
+    rng = np.random.default_rng(seed)
+    reference = space.sample(rng, "flops-reference")
+    specs = [space.sample(rng, f"validation-{i}") for i in range(samples)]
+    predicted = [predictor.latency(s) for s in specs]  # fail on a missing row before measuring
+    raw = [predictor.raw_latency(s) for s in specs]
+    timing = timing or TimingConfig(**{**table.meta.get("timing", {}), "seed": seed})
+    measured = measure_networks([reference, *specs], table.device, batch=table.batch,
+                                dtype=table.dtype, threads=table.threads, timing=timing,
+                                progress=progress, desc="validation")
+    ref_t, measured = measured[0], measured[1:]
+    ref_macs = complexity(reference, table.batch).macs
+    macs = [complexity(s, table.batch).macs for s in specs]
+    df = pd.DataFrame({
+        "name": [s.name for s in specs],
+        "macs": macs,
+        "measured_ms": [t.median_ms for t in measured],
+        "measured_p10_ms": [t.p10_ms for t in measured],
+        "measured_p90_ms": [t.p90_ms for t in measured],
+        "table_ms": predicted,
+        "table_raw_ms": raw,
+        "flops_ms": [ref_t.median_ms * m / ref_macs for m in macs],
+        "choices": [json.dumps(dict(s.choices)) for s in specs],
+    })
+    for method in METHODS:
+        df[f"{method}_rel_error"] = (df[f"{method}_ms"] - df["measured_ms"]) / df["measured_ms"]
+    metrics = {m: error_metrics(df[f"{m}_ms"], df["measured_ms"]) for m in METHODS}
+    ref = {"name": reference.name, "macs": ref_macs, "measured_ms": ref_t.median_ms,
+           "choices": dict(reference.choices)}
+    settings = {"table": str(table.path), "device": table.device, "batch": table.batch,
+                "dtype": table.dtype, "threads": table.threads, "clock": table.clock,
+                "seed": seed, "rounds": timing.rounds}
+    paths = _outputs(table, out_dir)
+    report = ValidationReport(df, metrics, ref, *(paths or (None, None, None)), settings)
+    if paths:
+        csv_path, png_path, json_path = paths
+        write_atomic(csv_path, df.to_csv(index=False))
+        h, w = space.skeleton.input_size
+        title = (f"{space.name} {h}x{w}, batch {table.batch}, {table.dtype}, {table.device}, "
+                 f"{table.threads} thread(s): {samples} random networks")
+        write_atomic(png_path, _scatter_png(df, metrics, title))
+        write_atomic(json_path, json.dumps(report.to_dict(), indent=2) + "\n")
+    return report

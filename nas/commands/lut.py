@@ -1,0 +1,142 @@
+"""``nas lut build|validate``: device latency lookup tables.
+
+``nas lut build --device cpu|cuda[:N] [--space NAME] [--input HxW] [--batch N] [--dtype fp32|fp16]
+[--threads N] [--out PATH] [--json]`` measures every candidate op of the space on this device
+(resuming a killed build) and calibrates the table on whole networks.
+
+``nas lut validate LUT [--samples N] [--json]`` measures N random networks end to end and
+compares the table's predictions (and a FLOPs-proportional estimate) with the measurements.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lut.build import build, default_table_path
+from lut.device import DTYPES
+from lut.fingerprint import describe
+from lut.table import LatencyTable
+from lut.timing import TimingConfig
+from lut.validate import validate_table
+from nas.argtypes import input_size, positive_int
+from nas.commands import Result
+from supernets.space import PRESETS, SPACES, get_space
+
+
+def register(sub) -> None:
+    p = sub.add_parser("lut", help="device latency lookup tables (build, validate)",
+                       description=__doc__)
+    lsub = p.add_subparsers(dest="lut_command", required=True, metavar="{build,validate}")
+
+    b = lsub.add_parser("build", help="measure a space's ops on this device",
+                        description="Measure every candidate op of a search space on this "
+                                    "device and calibrate on whole networks. A killed build "
+                                    "resumes where it stopped.")
+    b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    b.add_argument("--space", default="cpu-small", choices=list(SPACES),
+                   help="search space (default: cpu-small)")
+    b.add_argument("--preset", choices=list(PRESETS), help="dataset input size and joints")
+    b.add_argument("--input", type=input_size, metavar="HxW", help="override the input size")
+    b.add_argument("--joints", type=positive_int, metavar="N", help="override the joints")
+    b.add_argument("--batch", type=positive_int, default=1, metavar="N", help="default: 1")
+    b.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="default: fp32")
+    b.add_argument("--threads", type=positive_int, metavar="N",
+                   help="intra-op threads (default: 1; see lut.device.default_threads)")
+    b.add_argument("--out", type=Path, metavar="PATH",
+                   help="table file (.parquet); default: results/lut/<device>/<space>-...")
+    b.add_argument("--rounds", type=positive_int, metavar="N",
+                   help=f"timing rounds per row (default: {TimingConfig().rounds})")
+    b.add_argument("--cuda-graphs", action="store_true",
+                   help="time CUDA-graph replays (GPU only)")
+    b.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="measure every row again, replacing an existing table")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(handler=run_build)
+
+    v = lsub.add_parser("validate", help="predicted vs measured latency of random networks",
+                        description="Measure random networks of the table's space end to end "
+                                    "and compare with the table's predictions and with a "
+                                    "FLOPs-proportional estimate. Writes <table>.validation"
+                                    ".csv/.png/.json next to the table.")
+    v.add_argument("table", type=Path, metavar="LUT", help="table file written by nas lut build")
+    v.add_argument("--samples", type=positive_int, default=30, metavar="N",
+                   help="random networks (default: 30)")
+    v.add_argument("--seed", type=int, default=1,
+                   help="sampling seed (default: 1; the build calibrates with seed 0)")
+    v.add_argument("--rounds", type=positive_int, metavar="N",
+                   help="timing rounds per network (default: the table's)")
+    v.add_argument("--allow-foreign", action="store_true",
+                   help="accept a table whose device fingerprint differs from this machine's")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.set_defaults(handler=run_validate)
+
+
+def _timing(rounds: int | None, base: dict | None = None, **extra) -> TimingConfig | None:
+    if rounds is None and not extra and base is None:
+        return None
+    fields = {**(base or {}), **extra}
+    if rounds is not None:
+        fields["rounds"] = rounds
+    return TimingConfig(**fields)
+
+
+def run_build(args) -> Result:
+    space = get_space(args.space, preset=args.preset, input_size=args.input,
+                      num_joints=args.joints)
+    extra = {"cuda_graphs": True} if args.cuda_graphs else {}
+    out = args.out or default_table_path(space, args.device, args.batch, args.dtype,
+                                         threads=args.threads)
+    result = build(space, args.device, batch=args.batch, dtype=args.dtype, threads=args.threads,
+                   out=out, progress=not args.quiet, resume=args.resume,
+                   timing=_timing(args.rounds, **extra))
+    table = LatencyTable.load(result.path)
+    cal = table.calibration
+    residuals = [abs(n["predicted_ms"] - n["measured_ms"]) / n["measured_ms"]
+                 for n in cal.networks]
+    h, w = space.skeleton.input_size
+    text = (f"{'wrote' if result.measured_rows or result.calibrated else 'complete'} "
+            f"{result.path}\n"
+            f"  {space.name} {h}x{w}, {space.skeleton.num_joints} joints: {result.rows} rows, "
+            f"{result.measured_rows} measured now ({result.seconds:.0f} s; "
+            f"{table.meta.get('build_seconds', 0):.0f} s in all)\n"
+            f"  device {table.device} [{describe(table.fingerprint)}]\n"
+            f"  batch {table.batch}, {table.dtype}, {table.threads} thread(s), clock "
+            f"{table.clock}, {table.meta['timing'].get('rounds')} rounds\n"
+            f"  calibration: measured = {cal.a:.4f} x sum of rows {cal.b:+.4f} ms, on "
+            f"{len(cal.networks)} networks (largest residual {100 * max(residuals):.1f}%)")
+    data = {"path": str(result.path), "rows": result.rows, "measured_rows": result.measured_rows,
+            "seconds": result.seconds, "build_seconds": table.meta.get("build_seconds"),
+            "space": space.name, "input_size": [h, w], "device": table.device,
+            "batch": table.batch, "dtype": table.dtype, "threads": table.threads,
+            "clock": table.clock, "fingerprint": table.fingerprint,
+            "calibration": {"a": cal.a, "b": cal.b, "networks": len(cal.networks),
+                            "max_rel_residual": max(residuals)}}
+    return Result(text, data)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def run_validate(args) -> Result:
+    table = LatencyTable.load(args.table, allow_foreign=args.allow_foreign)
+    timing = _timing(args.rounds, {**table.meta.get("timing", {}), "seed": args.seed})
+    report = validate_table(table, samples=args.samples, seed=args.seed, timing=timing,
+                            progress=not args.quiet)
+    m = report.metrics
+    cols = ("table", "table_raw", "flops")
+    lines = [f"{table.path}: {args.samples} random networks (seed {args.seed}) measured end to "
+             f"end on {table.device}, clock {table.clock}, {table.threads} thread(s)",
+             f"  {'':22s}{'table':>10s}{'sum only':>10s}{'FLOPs':>10s}"]
+    for label, key, fmt in (("median |rel. error|", "median_abs_rel_error", _pct),
+                            ("p90 |rel. error|", "p90_abs_rel_error", _pct),
+                            ("within ±10%", "within_10pct", lambda x: f"{100 * x:.0f}%"),
+                            ("Kendall tau", "kendall_tau", lambda x: f"{x:.3f}")):
+        lines.append(f"  {label:22s}" + "".join(f"{fmt(m[c][key]):>10s}" for c in cols))
+    ref = report.reference
+    lines.append(f"  FLOPs estimate scaled from {ref['name']} ({ref['macs'] / 1e6:.1f} M MACs, "
+                 f"{ref['measured_ms']:.3f} ms)")
+    lines.append(f"  wrote {report.csv_path}, {report.png_path.name}, {report.json_path.name}")
+    return Result("\n".join(lines), report.to_dict())

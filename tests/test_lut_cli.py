@@ -1,0 +1,112 @@
+"""``nas lut build|validate``: JSON output, files written, one-line errors (tiny space)."""
+
+import json
+
+import pytest
+
+import nas.commands.lut as lut_command
+from lut import LatencyTable
+from nas.cli import main
+from supernets.space import SearchSpace
+from supernets.spec import Skeleton, Stage
+
+
+def tiny_space() -> SearchSpace:
+    sk = Skeleton(input_size=(32, 32), num_joints=2, stem_width=8,
+                  stages=(Stage(8, 2, 2), Stage(16, 2, 2)), head_stages=2)
+    return SearchSpace("tiny", sk, backbone_ops=("mb_k3_e3", "mb_k5_e3", "skip"),
+                       head_ops=("up_plain", "up_dw_sic"), head_widths=(8, 16))
+
+
+@pytest.fixture(scope="module")
+def table_path(tmp_path_factory):
+    """Built through the CLI, with the shipped space swapped for the tiny one (fast)."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(lut_command, "get_space", lambda *a, **k: tiny_space())
+    out = tmp_path_factory.mktemp("cli") / "tiny.parquet"
+    assert main(["lut", "build", "--out", str(out), "--rounds", "2", "--quiet", "--json"]) == 0
+    mp.undo()
+    return out
+
+
+def run_json(capsys, argv):
+    capsys.readouterr()
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured
+
+
+def test_build_json_is_one_object(table_path, capsys, monkeypatch):
+    monkeypatch.setattr(lut_command, "get_space", lambda *a, **k: tiny_space())
+    code, out = run_json(capsys, ["lut", "build", "--out", str(table_path), "--quiet", "--json"])
+    assert code == 0
+    data = json.loads(out.out)
+    assert data["path"] == str(table_path) and data["measured_rows"] == 0  # already complete
+    assert data["rows"] == len(LatencyTable.load(table_path))
+    assert data["device"] == "cpu" and data["threads"] == 1 and data["clock"] == "thread"
+    assert data["calibration"]["a"] > 0 and data["calibration"]["networks"] == 8
+
+
+def test_validate_json_and_files(table_path, capsys):
+    code, out = run_json(capsys, ["lut", "validate", str(table_path), "--samples", "3",
+                                  "--rounds", "2", "--quiet", "--json"])
+    assert code == 0
+    data = json.loads(out.out)
+    assert set(data["metrics"]) == {"table", "table_raw", "flops"}
+    for m in data["metrics"].values():
+        assert set(m) == {"median_abs_rel_error", "p90_abs_rel_error", "within_10pct",
+                          "kendall_tau"}
+    assert data["samples"] == 3 and data["reference"]["macs"] > 0
+    stem = table_path.with_suffix("")
+    for ext in ("csv", "png", "json"):
+        assert (stem.parent / f"{stem.name}.validation.{ext}").stat().st_size > 0
+    assert (stem.parent / f"{stem.name}.validation.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_validate_text(table_path, capsys):
+    code, out = run_json(capsys, ["lut", "validate", str(table_path), "--samples", "2",
+                                  "--rounds", "1", "--quiet"])
+    assert code == 0 and "Kendall tau" in out.out and "within ±10%" in out.out
+
+
+def error_of(capsys, argv) -> str:
+    code, out = run_json(capsys, argv)
+    assert code == 2 and out.out == ""
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nas: error: "), out.err
+    return lines[0]
+
+
+def test_validate_corrupt_table(tmp_path, capsys):
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"\x00" * 100)
+    assert "bad.parquet: not a readable latency table" in error_of(
+        capsys, ["lut", "validate", str(bad), "--quiet"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet"]  # nothing written
+
+
+def test_validate_missing_table(tmp_path, capsys):
+    assert "cannot read latency table" in error_of(
+        capsys, ["lut", "validate", str(tmp_path / "none.parquet")])
+
+
+def test_validate_foreign_table(table_path, tmp_path, capsys):
+    table = LatencyTable.load(table_path)
+    table.meta["fingerprint"] = {**table.fingerprint, "cores": 4096}
+    foreign = tmp_path / "foreign.parquet"
+    LatencyTable(table.rows, table.meta).save(foreign)
+    assert "another device" in error_of(capsys, ["lut", "validate", str(foreign), "--quiet"])
+    code, _ = run_json(capsys, ["lut", "validate", str(foreign), "--allow-foreign",
+                                "--samples", "2", "--rounds", "1", "--quiet", "--json"])
+    assert code == 0
+
+
+def test_validate_too_few_samples(table_path, capsys):
+    assert "at least 2" in error_of(capsys, ["lut", "validate", str(table_path),
+                                             "--samples", "1", "--quiet"])
+
+
+def test_build_unknown_device(tmp_path, capsys):
+    assert "unknown device 'tpu'" in error_of(
+        capsys, ["lut", "build", "--device", "tpu", "--out", str(tmp_path / "t.parquet")])
+    assert not list(tmp_path.iterdir())
