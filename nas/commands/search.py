@@ -27,10 +27,10 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: the table's)")
     p.add_argument("--data", help="dataset path (Leeds Sports Pose folder); default: embedded "
                    "synthetic pose data")
-    p.add_argument("--epochs", type=int, help="search epochs (default 6)")
+    p.add_argument("--epochs", type=int, help="search epochs (default 20)")
     p.add_argument("--warmup-epochs", type=int, help="weight-only epochs first (default: half)")
     p.add_argument("--batch-size", type=int, help="batch size (default 16)")
-    p.add_argument("--train-samples", type=int, help="synthetic images (default 512)")
+    p.add_argument("--train-samples", type=int, help="synthetic images (default 1024)")
     p.add_argument("--mode", choices=MODES, help="relaxation (default path)")
     p.add_argument("--lam", type=float, help="initial cost weight lambda (default 0.1; adapted)")
     p.add_argument("--tau", type=float, help="log base of the cost term, cost in ms (default 15)")

@@ -5,15 +5,22 @@ Loss for the architecture step: ``task + lam * log(E[latency_ms]) / log(tau)`` w
 probabilities (``lut.LatencyPredictor.expected_latency``), differentiable in ``alpha``.
 
 Budget targeting (why the result lands on the budget rather than collapsing to the smallest ops,
-DenseNAS issue #18): ``lam`` is adapted after every architecture step, multiplicatively,
-``lam *= 1 + lam_step`` while the expected latency is over the window's top (0.97 x budget) and
-``lam /= 1 + lam_step`` while it is under its low end (0.87 x budget); inside it is left alone. So the
-cost term pushes only as hard as needed to hold the expected latency in the window, and then
-derivation (``nas.search.derive``) picks the most probable architecture whose predicted latency
-is inside the window.
+DenseNAS issue #18, or to parameter-free skips, DARTS's known failure): ``lam`` is a dual variable
+adapted after every architecture step from the predicted latency ``L`` of the current most
+probable architecture (what derivation starts from), relative to the budget ``B``::
+
+    lam += lam_step * (L/B - 0.97)   while L/B > 0.97   (over the window: cost weighs more)
+    lam += lam_step * (L/B - 0.87)   while L/B < 0.87   (under it: cost weighs less, then negative,
+                                                        which rewards latency up to the budget)
+
+and left alone inside the window. So the cost term pushes, either way, only as hard as needed to
+hold the most probable architecture in the window, and derivation (``nas.search.derive``) then
+picks the most probable architecture whose predicted latency is inside the window.
 
 Weights and ``alpha`` are trained on two disjoint splits of the training data (80/20 by default),
-after ``warmup_epochs`` of weight-only steps on uniformly drawn paths.
+after ``warmup_epochs`` of weight-only steps. In path mode weight steps always draw paths
+uniformly (as single-path one-shot methods do), so every candidate keeps being trained and the
+ones the architecture step currently favours do not win by having had more training.
 
 Interruption: a checkpoint is written at the end of every epoch and, on Ctrl-C, at the next step
 boundary (a second Ctrl-C aborts at once). Every random draw comes from generators whose state is
@@ -56,25 +63,26 @@ class SearchConfig:
     space: str = "cpu-small"
     input_size: tuple[int, int] | None = None
     data: str | None = None
-    epochs: int = 6
+    epochs: int = 20
     warmup_epochs: int | None = None    # default: half of the epochs (FNA, DenseNAS)
     batch_size: int = 16
-    train_samples: int = 512            # synthetic data: images generated for the search
+    train_samples: int = 1024           # synthetic data: images generated for the search
     arch_split: float = 0.2             # share of the training data for architecture steps
     mode: str = "path"                  # softmax | gumbel | path (see nas.search.relax)
     drop_path: float = 0.0              # softmax/gumbel weight steps
-    lam: float = 0.1                    # initial weight of the cost term (adapted)
-    lam_step: float = 0.05              # multiplicative adaptation per architecture step
+    lam: float = 0.1                    # initial weight of the cost term (adapted, may go negative)
+    lam_step: float = 0.2               # dual step per architecture step, per unit of L/B error
     tau: float = 15.0                   # log base of the cost term; cost in ms (DenseNAS: 15)
     # derived predicted latency / budget: inside the promised [0.85, 1.0], with room at the top
     # for the table's prediction error and measurement noise
     window: tuple[float, float] = (0.87, 0.97)
     weight_lr: float = 1e-3             # Adam (EfficientPose training setup)
     weight_decay: float = 1e-4
-    # Adam with betas (0.5, 0.999) and weight decay 1e-3 as FNA/DenseNAS; their lr 3e-4 is for
-    # thousands of steps: a CPU-scale search has ~100 architecture steps, so alphas would not move
+    # Adam with betas (0.5, 0.999) as FNA/DenseNAS. Their lr 3e-4 is for thousands of steps (a
+    # CPU-scale search has a few hundred), and their weight decay 1e-3 would swamp heatmap-MSE
+    # gradients (~1e-5): the alphas would stay at zero.
     arch_lr: float = 1e-2
-    arch_weight_decay: float = 1e-3
+    arch_weight_decay: float = 0.0
     temperature: float = 5.0            # gumbel: initial temperature, x temperature_decay per epoch (FBNet)
     temperature_decay: float = 0.956
     seed: int = 0
@@ -163,7 +171,8 @@ class Searcher:
         return self.predictor.expected_latency(self.space, self.arch.probs())
 
     def _weight_step(self, batch: dict, warmup: bool, temperature: float) -> float:
-        mixes = self.arch.mixes(self.cfg.mode, self.gen, arch_grad=False, uniform=warmup,
+        uniform = warmup or self.cfg.mode == "path"
+        mixes = self.arch.mixes(self.cfg.mode, self.gen, arch_grad=False, uniform=uniform,
                                 temperature=temperature, drop_path=self.cfg.drop_path)
         loss = self._task_loss(batch, mixes)
         self.opt_w.zero_grad(set_to_none=True)
@@ -187,17 +196,27 @@ class Searcher:
         self.opt_a.step()
         if cfg.mode == "path":
             self.arch.rescale_sampled(before)
-        self._adapt_lambda(float(expected.detach()))
-        return {"arch_loss": float(loss.detach()), "expected_ms": float(expected.detach())}
+        argmax_ms = self.argmax_latency()
+        self._adapt_lambda(argmax_ms)
+        return {"arch_loss": float(loss.detach()), "expected_ms": float(expected.detach()),
+                "argmax_ms": argmax_ms}
 
-    def _adapt_lambda(self, expected_ms: float) -> None:
+    def argmax_spec(self):
+        names = {layer.label: layer.names for layer in self.space.choice_layers()}
+        return self.space.spec({lb: names[lb][i] for lb, i in self.arch.argmax().items()})
+
+    def argmax_latency(self) -> float:
+        return self.predictor.latency(self.argmax_spec())
+
+    def _adapt_lambda(self, argmax_ms: float) -> None:
+        """Steer by the latency of the architecture derivation would start from (the argmax),
+        not by the expected latency: the two differ most once the choices sharpen."""
         if self.accuracy_only:
             return
-        low, high = (w * self.cfg.budget_ms for w in self.cfg.window)
-        if expected_ms > high:
-            self.lam = min(self.lam * (1 + self.cfg.lam_step), 1e3)
-        elif expected_ms < low:
-            self.lam = max(self.lam / (1 + self.cfg.lam_step), 1e-5)
+        ratio = argmax_ms / self.cfg.budget_ms
+        low, high = self.cfg.window
+        error = ratio - high if ratio > high else ratio - low if ratio < low else 0.0
+        self.lam = min(max(self.lam + self.cfg.lam_step * error, -10.0), 10.0)
 
     # -- loop ------------------------------------------------------------------------------
     def run(self, checkpoint: Path | None, *, progress: bool = True,
@@ -230,6 +249,7 @@ class Searcher:
                 a_order = self._order(len(self.arch_set), 2)
                 if self.step == 0:
                     self._epoch_stats = {"weight_loss": [], "arch_loss": [], "expected_ms": [],
+                                         "argmax_ms": [],
                                          "start": time.perf_counter()}
                 while self.step < self.steps_per_epoch:
                     if self._stop:
@@ -245,11 +265,16 @@ class Searcher:
                                             temperature)
                         stats["arch_loss"].append(s["arch_loss"])
                         stats["expected_ms"].append(s["expected_ms"])
+                        stats["argmax_ms"].append(s["argmax_ms"])
                     self.step += 1
                     bar.update(1)
-                    bar.set_postfix(epoch=self.epoch + 1, loss=f"{stats['weight_loss'][-1]:.2e}",
-                                    lat=f"{float(self.expected_latency().detach()):.2f}ms",
-                                    lam=f"{self.lam:.3g}", refresh=False)
+                    if stats["argmax_ms"]:
+                        bar.set_postfix(epoch=self.epoch + 1, loss=f"{stats['weight_loss'][-1]:.2e}",
+                                        argmax=f"{stats['argmax_ms'][-1]:.2f}ms",
+                                        lam=f"{self.lam:.3g}", refresh=False)
+                    else:
+                        bar.set_postfix(epoch=self.epoch + 1, phase="warm-up",
+                                        loss=f"{stats['weight_loss'][-1]:.2e}", refresh=False)
                     if on_step:
                         on_step(self)
                 self._end_epoch(warmup, temperature)
@@ -273,6 +298,7 @@ class Searcher:
             "weight_loss": float(np.mean(stats["weight_loss"])),
             "arch_loss": float(np.mean(stats["arch_loss"])) if stats["arch_loss"] else None,
             "expected_ms": expected,
+            "argmax_ms": self.argmax_latency(),
             "lam": self.lam,
             "entropy": self.arch.entropy(),
             "temperature": temperature if self.cfg.mode == "gumbel" else None,
