@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -26,7 +25,7 @@ def compare(a: LatencyTable, b: LatencyTable) -> dict:
     mb = b.rows.set_index("key")["median_ms"].reindex(ma.index)
     rel = (mb - ma).abs() / ((ma + mb) / 2)
     ratio = mb / ma
-    return {"rows": int(len(ma)),
+    return {"rows": len(ma),
             "median_rel_diff": float(rel.median()),
             "p90_rel_diff": float(rel.quantile(0.9)),
             "max_rel_diff": float(rel.max()),

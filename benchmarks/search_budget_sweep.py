@@ -71,13 +71,13 @@ def main() -> None:
         "space_slowest_ms": slow, "search_epochs": args.epochs,
         "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
         "command": " ".join(["python", *sys.argv]),
-        "summary": {"in_target": sum(r["in_target"] for r in rows), "of": len(rows),
+        "summary": {"in_target": int(sum(r["in_target"] for r in rows)), "of": len(rows),
                     "min_ratio": min(ratios), "max_ratio": max(ratios),
                     "median_ratio": float(np.median(ratios))},
         "results": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(report, indent=2, default=float) + "\n")
     print(json.dumps(report["summary"]))
 
 

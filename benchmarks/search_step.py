@@ -1,7 +1,8 @@
 """Search step cost relative to training the largest single network of the space.
 
 One *search step* is what ``nas search`` does per batch after warm-up: a weight step (train split)
-plus an architecture step (architecture split, latency term included). The reference is one
+plus an architecture step (architecture split, latency term included; on half a batch by default,
+``path-full-arch-batch`` on the whole batch). The reference is one
 training step (forward, backward, Adam) of the space's largest standalone network on the same
 batch. Timing: the configurations are interleaved in rounds in one process, medians reported.
 Peak memory: each configuration runs in a fresh subprocess; peak RSS growth over the process's
@@ -28,6 +29,7 @@ import torch
 CONFIGS = {
     "largest-network": {},
     "path": {"mode": "path"},
+    "path-full-arch-batch": {"mode": "path", "arch_batch_size": None},
     "softmax": {"mode": "softmax"},
     "gumbel": {"mode": "gumbel"},
 }
@@ -57,13 +59,17 @@ def make_step(name: str, space, predictor, batch: int, seed: int = 0):
             loss.backward()
             opt.step()
         return step
+    settings = dict(CONFIGS[name])
+    if "arch_batch_size" in settings:  # "full": the architecture step on the whole batch
+        settings["arch_batch_size"] = batch
     cfg = SearchConfig(budget_ms=1.0, space=space.name, input_size=space.skeleton.input_size,
-                       epochs=2, warmup_epochs=0, batch_size=batch, seed=seed, **CONFIGS[name])
+                       epochs=2, warmup_epochs=0, batch_size=batch, seed=seed, **settings)
     searcher = Searcher(cfg, space, predictor, [None] * batch, [None] * batch)
+    arch_data = {k: v[:cfg.arch_batch_size] for k, v in data.items()}
 
     def step():
         searcher._weight_step(data, warmup=False, temperature=cfg.temperature)
-        searcher._arch_step(data, temperature=cfg.temperature)
+        searcher._arch_step(arch_data, temperature=cfg.temperature)
     return step
 
 
@@ -123,7 +129,9 @@ def main() -> None:
                               "--batch", str(args.batch), "--threads", str(args.threads),
                               "--mem-steps", str(args.mem_steps)]
                              + (["--lut", args.lut] if args.lut else []),
-                             capture_output=True, text=True, check=True)
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"memory run of {n} failed:\n{out.stderr}")
         memory[n] = json.loads(out.stdout.strip().splitlines()[-1])
     ref_t = float(np.median(times["largest-network"]))
     ref_m = memory["largest-network"]["peak_growth_mib"]

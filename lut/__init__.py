@@ -12,8 +12,7 @@ Python::
     predictor.bounds(space)                     # fastest and slowest networks of the space
 """
 
-from lut.build import (build_table, calibrate, default_table_path, measure_network,
-                       measure_networks)
+from lut.build import build_table, calibrate, default_table_path, measure_network, measure_networks
 from lut.keys import RowShape, parse_row_key, row_key, space_rows, spec_rows
 from lut.predictor import LatencyPredictor
 from lut.table import SCHEMA, Calibration, LatencyTable

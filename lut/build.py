@@ -275,17 +275,16 @@ def _build_locked(space: SearchSpace, dev: torch.device, device: str, *, batch: 
     with tqdm(total=len(missing), desc=f"lut {space.name} on {device}", unit="row",
               disable=not progress or not missing, file=sys.stderr,
               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} rows "
-                         "[{elapsed}<{remaining}]") as bar:
-        with runtime(dev, threads) as settings:
-            for start in range(0, len(missing), chunk_rows):
-                chunk = missing[start:start + chunk_rows]
-                calls = {row.key: _op_call(row, dev, dt, batch, gen) for row in chunk}
-                timings = measure(calls, dev, timing, clock=clock,
-                                  on_round=lambda n: bar.update(n / timing.rounds))
-                table = table.with_rows({row: timings[row.key] for row in chunk})
-                table = table.with_meta(runtime=settings, calibration=None,
-                                        build_seconds=seconds())
-                table.save(out)
+                         "[{elapsed}<{remaining}]") as bar, runtime(dev, threads) as settings:
+        for start in range(0, len(missing), chunk_rows):
+            chunk = missing[start:start + chunk_rows]
+            calls = {row.key: _op_call(row, dev, dt, batch, gen) for row in chunk}
+            timings = measure(calls, dev, timing, clock=clock,
+                              on_round=lambda n: bar.update(n / timing.rounds))
+            table = table.with_rows({row: timings[row.key] for row in chunk})
+            table = table.with_meta(runtime=settings, calibration=None,
+                                    build_seconds=seconds())
+            table.save(out)
     if missing or table.calibration is None:
         calibration = _fit_calibration(table, space, networks=calibration_networks, seed=seed,
                                        timing=timing, progress=progress)

@@ -23,8 +23,15 @@ import torch
 
 from lut.device import available_cores
 
-__all__ = ["IDENTITY_FIELDS", "describe", "device_slug", "fingerprint", "foreign_fields",
-           "identity", "gpu_state"]
+__all__ = [
+    "IDENTITY_FIELDS",
+    "describe",
+    "device_slug",
+    "fingerprint",
+    "foreign_fields",
+    "gpu_state",
+    "identity",
+]
 
 IDENTITY_FIELDS: dict[str, tuple[str, ...]] = {
     "cpu": ("type", "cpu_model", "cores", "machine", "torch"),

@@ -29,7 +29,6 @@ import dataclasses
 import io
 import json
 import math
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from nas.checkpoint import layers_difference, save_model_checkpoint
+from nas.interrupt import stop_on_sigint
 from nas.pose import VALIDATION_SPLIT, dataset_kind, evaluate_model, heatmap_loss, make_dataset
 from supernets.errors import NasError
 from supernets.fileio import write_atomic
@@ -180,23 +180,10 @@ class Trainer:
     def run(self, out: Path, *, progress: bool = True,
             on_step: Callable[[Trainer], None] | None = None) -> bool:
         """Train until the last epoch or a stop request; True when training is complete."""
-        previous = signal.getsignal(signal.SIGINT)
-
-        def on_sigint(signum, frame):
-            if self._stop:
-                raise KeyboardInterrupt
-            self._stop = True
-            tqdm.write("nas: stopping after this step and saving a checkpoint "
-                       "(Ctrl-C again to abort now)", file=sys.stderr)
-
-        try:
-            signal.signal(signal.SIGINT, on_sigint)
-        except ValueError:   # not the main thread
-            previous = None
-        bar = tqdm(total=self.cfg.epochs * self.steps_per_epoch,
-                   initial=self.epoch * self.steps_per_epoch + self.step, disable=not progress,
-                   unit="step", desc="train", dynamic_ncols=True)
-        try:
+        with stop_on_sigint(self.request_stop), tqdm(
+                total=self.cfg.epochs * self.steps_per_epoch,
+                initial=self.epoch * self.steps_per_epoch + self.step, disable=not progress,
+                unit="step", desc="train", dynamic_ncols=True) as bar:
             while not self.finished:
                 lr = learning_rate(self.cfg, self.epoch)
                 for group in self.optimizer.param_groups:
@@ -220,11 +207,7 @@ class Trainer:
                 self.save(out)
                 if self._stop and not self.finished:
                     return False
-            return True
-        finally:
-            bar.close()
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+        return True
 
     def _end_epoch(self, lr: float) -> None:
         val = self.validate()

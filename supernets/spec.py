@@ -56,8 +56,8 @@ __all__ = [
     "Skeleton",
     "Slot",
     "Stage",
-    "parse_head_choice",
     "head_choice",
+    "parse_head_choice",
 ]
 
 SCHEMA = "nas.arch/1"

@@ -7,8 +7,18 @@ import pytest
 import torch
 from torch import nn
 
-from nas.pose import (LSP_FLIP_PAIRS, LSP_JOINTS, SyntheticPose, decode_heatmaps, evaluate,
-                      flip_heatmaps, heatmap_loss, pck, to_image_coords, torso_size)
+from nas.pose import (
+    LSP_FLIP_PAIRS,
+    LSP_JOINTS,
+    SyntheticPose,
+    decode_heatmaps,
+    evaluate,
+    flip_heatmaps,
+    heatmap_loss,
+    pck,
+    to_image_coords,
+    torso_size,
+)
 
 
 def _gt(n=2, joints=14, labelled=1.0):

@@ -5,8 +5,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from nas.pose import (LSP_JOINTS, MPII_JOINTS, PoseDataset, SyntheticPose, decode_heatmaps,
-                      make_dataset)
+from nas.pose import (
+    LSP_JOINTS,
+    MPII_JOINTS,
+    PoseDataset,
+    SyntheticPose,
+    decode_heatmaps,
+    make_dataset,
+)
 from supernets.errors import NasError
 
 

@@ -3,9 +3,17 @@
 import numpy as np
 from PIL import Image
 
-from nas.pose.transforms import (Augmentation, apply_affine, crop_affine, gaussian_heatmaps,
-                                 heatmap_to_input, input_to_heatmap, invert_affine, person_box,
-                                 warp_image)
+from nas.pose.transforms import (
+    Augmentation,
+    apply_affine,
+    crop_affine,
+    gaussian_heatmaps,
+    heatmap_to_input,
+    input_to_heatmap,
+    invert_affine,
+    person_box,
+    warp_image,
+)
 
 
 def _bright_pixel_image(x, y, size=(60, 80)):

@@ -7,14 +7,14 @@ import signal
 import numpy as np
 import pytest
 import torch
+from test_pose_coco import _write_coco
+from test_pose_mpii import _write_mpii
 
 from nas.checkpoint import load_model_checkpoint, save_model_checkpoint
 from nas.cli import main
 from nas.train import TrainConfig, learning_rate, train
 from supernets.model import PoseNet
 from supernets.space import get_space
-from test_pose_coco import _write_coco
-from test_pose_mpii import _write_mpii
 
 HW = (64, 64)
 

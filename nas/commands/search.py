@@ -30,6 +30,8 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, help="search epochs (default 20)")
     p.add_argument("--warmup-epochs", type=int, help="weight-only epochs first (default: half)")
     p.add_argument("--batch-size", type=int, help="batch size (default 16)")
+    p.add_argument("--arch-batch-size", type=int,
+                   help="batch size of architecture steps (default: half the batch size)")
     p.add_argument("--train-samples", type=int, help="synthetic images (default 1024)")
     p.add_argument("--mode", choices=MODES, help="relaxation (default path)")
     p.add_argument("--lam", type=float, help="initial cost weight lambda (default 0.1; adapted)")
@@ -43,7 +45,7 @@ def register(sub) -> None:
     p.set_defaults(handler=run)
 
 
-_CFG_ARGS = ("task", "space", "data", "epochs", "warmup_epochs", "batch_size", "train_samples",
+_CFG_ARGS = ("task", "space", "data", "epochs", "warmup_epochs", "batch_size", "arch_batch_size", "train_samples",
              "mode", "lam", "tau", "arch_lr", "seed", "device", "threads")
 
 

@@ -13,12 +13,26 @@ Joint order for 14 joints is LSP's (``LSP_JOINTS``); coordinates put pixel centr
 """
 
 from nas.pose.coco import COCO_STATS, COCOKeypoints
-from nas.pose.data import (DEFAULT_SYNTHETIC_SIZE, EVALUATION_SPLIT, SYNTHETIC_SPLITS,
-                           VALIDATION_SPLIT, dataset_kind, make_dataset)
+from nas.pose.data import (
+                           DEFAULT_SYNTHETIC_SIZE,
+                           EVALUATION_SPLIT,
+                           SYNTHETIC_SPLITS,
+                           VALIDATION_SPLIT,
+                           dataset_kind,
+                           make_dataset,
+)
 from nas.pose.dataset import PoseDataset
 from nas.pose.evaluation import Predictions, evaluate_model, format_result, predict, score
-from nas.pose.joints import (COCO_FLIP_PAIRS, COCO_JOINTS, JOINT_SETS, LSP_FLIP_PAIRS, LSP_JOINTS,
-                             MPII_FLIP_PAIRS, MPII_JOINTS, torso_size)
+from nas.pose.joints import (
+                           COCO_FLIP_PAIRS,
+                           COCO_JOINTS,
+                           JOINT_SETS,
+                           LSP_FLIP_PAIRS,
+                           LSP_JOINTS,
+                           MPII_FLIP_PAIRS,
+                           MPII_JOINTS,
+                           torso_size,
+)
 from nas.pose.loss import heatmap_loss
 from nas.pose.lsp import LSP, LSP_SPLITS
 from nas.pose.metrics import decode_heatmaps, evaluate, flip_heatmaps, pck, to_image_coords

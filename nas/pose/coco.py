@@ -49,7 +49,7 @@ from nas.pose.records import check_image, check_joints_in_image, read_json
 from nas.pose.transforms import Augmentation
 from supernets.errors import NasError
 
-__all__ = ["COCOKeypoints", "COCO_STATS", "is_coco_root"]
+__all__ = ["COCO_STATS", "COCOKeypoints", "is_coco_root"]
 
 COCO_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 _PREFIX = "person_keypoints_"

@@ -14,8 +14,16 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from nas.pose.joints import flip_pairs_for, torso_size
-from nas.pose.transforms import (Augmentation, apply_affine, crop_affine, gaussian_heatmaps,
-                                 input_to_heatmap, normalize_image, person_box, warp_image)
+from nas.pose.transforms import (
+    Augmentation,
+    apply_affine,
+    crop_affine,
+    gaussian_heatmaps,
+    input_to_heatmap,
+    normalize_image,
+    person_box,
+    warp_image,
+)
 
 __all__ = ["PoseDataset", "as_size"]
 

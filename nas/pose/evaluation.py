@@ -92,7 +92,7 @@ def evaluate_model(model: nn.Module, dataset, *, flip: bool = False, batch_size:
     predictions = predict(model, dataset, batch_size=batch_size, flip=flip, device=device,
                           num_workers=num_workers, progress=progress)
     result = score(dataset, predictions)
-    result.update(loss=predictions.loss, flip=flip, samples=int(len(predictions.index)))
+    result.update(loss=predictions.loss, flip=flip, samples=len(predictions.index))
     return result
 
 

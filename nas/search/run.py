@@ -157,10 +157,10 @@ def _finish(searcher: Searcher, out: Path) -> dict:
     c = complexity(spec)
     measured = None
     if not getattr(table, "foreign", False):
-        import lut as lutlib
+        from lut.isolated import measure_network_isolated
 
-        measured = lutlib.measure_network(spec, cfg.device, batch=table.batch,
-                                          dtype=table.dtype, threads=table.threads)
+        measured = measure_network_isolated(spec, cfg.device, batch=table.batch,
+                                            dtype=table.dtype, threads=table.threads)
     layers = []
     for layer in space.choice_layers():
         name = spec.choices[layer.label]

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ import torch
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
+from nas.interrupt import stop_on_sigint
 from nas.search.relax import MODES, ArchParameters
 from supernets.errors import NasError
 from supernets.fileio import write_atomic
@@ -66,6 +66,9 @@ class SearchConfig:
     epochs: int = 20
     warmup_epochs: int | None = None    # default: half of the epochs (FNA, DenseNAS)
     batch_size: int = 16
+    # architecture steps on half batches by default: a path-mode architecture step runs two
+    # candidates per layer, so at the full batch it costs and holds twice a weight step
+    arch_batch_size: int | None = None
     train_samples: int = 1024           # synthetic data: images generated for the search
     arch_split: float = 0.2             # share of the training data for architecture steps
     mode: str = "path"                  # softmax | gumbel | path (see nas.search.relax)
@@ -97,6 +100,8 @@ class SearchConfig:
             raise NasError(f"--epochs {self.epochs}: expected a positive integer")
         if self.warmup_epochs is None:
             self.warmup_epochs = self.epochs // 2
+        if self.arch_batch_size is None:
+            self.arch_batch_size = max(1, self.batch_size // 2)
         if not 0 <= self.warmup_epochs < self.epochs:
             raise NasError(f"--warmup-epochs {self.warmup_epochs}: expected 0 to {self.epochs - 1}")
         if self.input_size is not None:
@@ -152,8 +157,7 @@ class Searcher:
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch * 7919 + salt)
         return torch.randperm(n, generator=g).tolist()
 
-    def _batch(self, dataset, order: list[int], k: int) -> dict:
-        bs = self.cfg.batch_size
+    def _batch(self, dataset, order: list[int], k: int, bs: int) -> dict:
         idx = [order[(k * bs + i) % len(order)] for i in range(bs)]
         batch = {key: v.to(self.device) if torch.is_tensor(v) else v
                  for key, v in default_collate([dataset[i] for i in idx]).items()}
@@ -222,69 +226,54 @@ class Searcher:
     def run(self, checkpoint: Path | None, *, progress: bool = True,
             on_step: Callable[[Searcher], None] | None = None) -> bool:
         """Train until the last epoch or a stop request; True when the search is complete."""
-        cfg = self.cfg
-        previous = signal.getsignal(signal.SIGINT)
-
-        def on_sigint(signum, frame):
-            if self._stop:
-                raise KeyboardInterrupt
-            self._stop = True
-            tqdm.write("nas: stopping after this step and saving a checkpoint "
-                       "(Ctrl-C again to abort now)")
-
-        try:
-            signal.signal(signal.SIGINT, on_sigint)
-        except ValueError:  # not the main thread
-            previous = None
-        total = cfg.epochs * self.steps_per_epoch
-        bar = tqdm(total=total, initial=self.epoch * self.steps_per_epoch + self.step,
-                   disable=not progress, unit="step", desc="search", dynamic_ncols=True)
-        try:
+        total = self.cfg.epochs * self.steps_per_epoch
+        with stop_on_sigint(self.request_stop), tqdm(
+                total=total, initial=self.epoch * self.steps_per_epoch + self.step,
+                disable=not progress, unit="step", desc="search", dynamic_ncols=True) as bar:
             while not self.finished:
-                warmup = self.epoch < cfg.warmup_epochs
-                temperature = cfg.temperature * cfg.temperature_decay ** self.epoch
-                if hasattr(self.train_set, "set_epoch"):
-                    self.train_set.set_epoch(self.epoch)
-                w_order = self._order(len(self.train_set), 1)
-                a_order = self._order(len(self.arch_set), 2)
-                if self.step == 0:
-                    self._epoch_stats = {"weight_loss": [], "arch_loss": [], "expected_ms": [],
-                                         "argmax_ms": [],
-                                         "start": time.perf_counter()}
-                while self.step < self.steps_per_epoch:
-                    if self._stop:
-                        if checkpoint:
-                            self.save(checkpoint)
-                        return False
-                    stats = self._epoch_stats
-                    stats["weight_loss"].append(
-                        self._weight_step(self._batch(self.train_set, w_order, self.step),
-                                          warmup, temperature))
-                    if not warmup:
-                        s = self._arch_step(self._batch(self.arch_set, a_order, self.step),
-                                            temperature)
-                        stats["arch_loss"].append(s["arch_loss"])
-                        stats["expected_ms"].append(s["expected_ms"])
-                        stats["argmax_ms"].append(s["argmax_ms"])
-                    self.step += 1
-                    bar.update(1)
-                    if stats["argmax_ms"]:
-                        bar.set_postfix(epoch=self.epoch + 1, loss=f"{stats['weight_loss'][-1]:.2e}",
-                                        argmax=f"{stats['argmax_ms'][-1]:.2f}ms",
-                                        lam=f"{self.lam:.3g}", refresh=False)
-                    else:
-                        bar.set_postfix(epoch=self.epoch + 1, phase="warm-up",
-                                        loss=f"{stats['weight_loss'][-1]:.2e}", refresh=False)
-                    if on_step:
-                        on_step(self)
-                self._end_epoch(warmup, temperature)
+                if not self._run_epoch(bar, on_step):
+                    if checkpoint:
+                        self.save(checkpoint)
+                    return False
                 if checkpoint:
                     self.save(checkpoint)
-            return True
-        finally:
-            bar.close()
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+        return True
+
+    def _run_epoch(self, bar: tqdm, on_step) -> bool:
+        """The rest of the current epoch; False when stopped at a step boundary."""
+        cfg = self.cfg
+        warmup = self.epoch < cfg.warmup_epochs
+        temperature = cfg.temperature * cfg.temperature_decay ** self.epoch
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(self.epoch)
+        w_order = self._order(len(self.train_set), 1)
+        a_order = self._order(len(self.arch_set), 2)
+        if self.step == 0:
+            self._epoch_stats = {"weight_loss": [], "arch_loss": [], "expected_ms": [],
+                                 "argmax_ms": [], "start": time.perf_counter()}
+        stats = self._epoch_stats
+        while self.step < self.steps_per_epoch:
+            if self._stop:
+                return False
+            stats["weight_loss"].append(self._weight_step(
+                self._batch(self.train_set, w_order, self.step, cfg.batch_size), warmup,
+                temperature))
+            if not warmup:
+                s = self._arch_step(
+                    self._batch(self.arch_set, a_order, self.step, cfg.arch_batch_size),
+                    temperature)
+                for key in ("arch_loss", "expected_ms", "argmax_ms"):
+                    stats[key].append(s[key])
+            self.step += 1
+            bar.update(1)
+            status = ({"argmax": f"{stats['argmax_ms'][-1]:.2f}ms", "lam": f"{self.lam:.3g}"}
+                      if stats["argmax_ms"] else {"phase": "warm-up"})
+            bar.set_postfix(epoch=self.epoch + 1, loss=f"{stats['weight_loss'][-1]:.2e}",
+                            **status, refresh=False)
+            if on_step:
+                on_step(self)
+        self._end_epoch(warmup, temperature)
+        return True
 
     def _end_epoch(self, warmup: bool, temperature: float) -> None:
         stats = self._epoch_stats
