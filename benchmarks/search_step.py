@@ -5,8 +5,9 @@ plus an architecture step (architecture split, latency term included; on half a 
 ``path-full-arch-batch`` on the whole batch). The reference is one
 training step (forward, backward, Adam) of the space's largest standalone network on the same
 batch. Timing: the configurations are interleaved in rounds in one process, medians reported.
-Peak memory: each configuration runs in a fresh subprocess; peak RSS growth over the process's
-footprint right before its first step (model, data and optimiser built).
+Peak memory: each configuration runs in a fresh subprocess; after everything is built the
+kernel's peak-RSS mark is reset (``/proc/self/clear_refs``), and the peak reached during the steps
+minus the resident size before them is the configuration's working memory.
 
     python benchmarks/search_step.py [--space cpu-small] [--batch 16] [--rounds 5] \
         [--out results/benchmarks/search_step.json]
@@ -16,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import gc
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -87,11 +88,20 @@ def child(args) -> None:
     """Subprocess: peak RSS growth of ``args.child`` over a few steps."""
     space, predictor, _ = _setup(args.space, args.lut)
     step = make_step(args.child, space, predictor, args.batch)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
+    before = _status_kib("VmRSS")
     for _ in range(args.mem_steps):
         step()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_growth_mib": (after - before) / 1024, "peak_mib": after / 1024}))
+    peak = _status_kib("VmHWM")
+    print(json.dumps({"peak_growth_mib": (peak - before) / 1024, "peak_mib": peak / 1024}))
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def main() -> None:

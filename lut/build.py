@@ -122,7 +122,7 @@ def measure_network(spec: ArchSpec, device: str = "cpu", *, batch: int = 1, dtyp
             "threads": threads, "clock": resolve_clock(timing.clock, dev, threads)}
 
 
-def _fillers(spec: ArchSpec, count: int = 3, seed: int = 0) -> list[ArchSpec]:
+def _fillers(spec: ArchSpec, count: int = 16, seed: int = 0) -> list[ArchSpec]:
     """Random networks on ``spec``'s skeleton, drawn as calibration and validation draw theirs."""
     from supernets.space import SearchSpace
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from nas.argtypes import input_size
+from nas.argtypes import input_size, positive_int
 from nas.commands import Result
 from nas.search.budget import format_ms, parse_budget
 from nas.search.relax import MODES
@@ -19,6 +19,8 @@ def register(sub) -> None:
                    "(required unless --resume)")
     p.add_argument("--space", default="cpu-small", help="search space")
     p.add_argument("--input", type=input_size, metavar="HxW", help="override the space's input")
+    p.add_argument("--joints", type=positive_int, metavar="N",
+                   help="override the space's joint count (e.g. 14 for LSP)")
     p.add_argument("--lut", help="latency table (default: this device's table for the space, "
                    "built first if missing)")
     p.add_argument("--allow-foreign-lut", action="store_true",
@@ -60,7 +62,8 @@ def run(args) -> Result:
         if args.budget is None:
             raise NasError("--budget is required (e.g. --budget 3ms), unless --resume DIR")
         kwargs = {k: getattr(args, k) for k in _CFG_ARGS if getattr(args, k) is not None}
-        cfg = SearchConfig(budget_ms=parse_budget(args.budget), input_size=args.input, **kwargs)
+        cfg = SearchConfig(budget_ms=parse_budget(args.budget), input_size=args.input,
+                           num_joints=args.joints, **kwargs)
         report = search(cfg, args.out, lut=args.lut, allow_foreign_lut=args.allow_foreign_lut,
                         progress=not args.no_progress)
     if report.get("status") == "interrupted":

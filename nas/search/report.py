@@ -18,7 +18,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 def plot_search(history: list[dict], names: dict[str, list[str]], budget_ms: float,
                 path: Path) -> None:
     """Top: per layer, the probability of its currently most likely op, per epoch.
-    Bottom: expected latency and lambda per epoch, with the budget."""
+    Bottom: expected latency, the most probable architecture's latency and lambda per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,16 +39,17 @@ def plot_search(history: list[dict], names: dict[str, list[str]], budget_ms: flo
     ax1.set_yticklabels([f"{lb}: {names[lb][final_best[lb]]}" for lb in labels], fontsize=7)
     ax1.set_title("probability of the finally most likely op, per layer")
     fig.colorbar(im, ax=ax1, fraction=0.03)
-    ax2.plot(epochs, [h["expected_ms"] for h in history], "o-", label="expected latency (ms)")
+    ax2.plot(epochs, [h["expected_ms"] for h in history], "o-", label="expected latency")
+    ax2.plot(epochs, [h["argmax_ms"] for h in history], "^-", label="most probable arch.")
     ax2.axhline(budget_ms, color="r", linestyle="--", label="budget")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("ms")
     ax3 = ax2.twinx()
-    ax3.plot(epochs, [h["lam"] for h in history], "s:", color="gray", label="lambda")
-    if all(h["lam"] > 0 for h in history):
-        ax3.set_yscale("log")
+    ax3.plot(epochs, [h["lam"] for h in history], "s:", color="gray", label="lambda (right)")
     ax3.set_ylabel("lambda")
-    ax2.legend(loc="upper left", fontsize=8)
+    lines = ax2.get_legend_handles_labels()
+    extra = ax3.get_legend_handles_labels()
+    ax2.legend(lines[0] + extra[0], lines[1] + extra[1], loc="upper left", fontsize=8, ncol=4)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -28,7 +28,7 @@ TASKS = ("pose",)
 
 
 def _space(cfg: SearchConfig) -> SearchSpace:
-    return get_space(cfg.space, input_size=cfg.input_size)
+    return get_space(cfg.space, input_size=cfg.input_size, num_joints=cfg.num_joints)
 
 
 def _table(space: SearchSpace, cfg: SearchConfig, lut: str | None, allow_foreign: bool,

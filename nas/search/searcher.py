@@ -62,6 +62,7 @@ class SearchConfig:
     task: str = "pose"
     space: str = "cpu-small"
     input_size: tuple[int, int] | None = None
+    num_joints: int | None = None       # default: the space's
     data: str | None = None
     epochs: int = 20
     warmup_epochs: int | None = None    # default: half of the epochs (FNA, DenseNAS)
@@ -74,7 +75,7 @@ class SearchConfig:
     mode: str = "path"                  # softmax | gumbel | path (see nas.search.relax)
     drop_path: float = 0.0              # softmax/gumbel weight steps
     lam: float = 0.1                    # initial weight of the cost term (adapted, may go negative)
-    lam_step: float = 0.2               # dual step per architecture step, per unit of L/B error
+    lam_step: float = 0.05              # dual step per architecture step, per unit of L/B error
     tau: float = 15.0                   # log base of the cost term; cost in ms (DenseNAS: 15)
     # derived predicted latency / budget: inside the promised [0.85, 1.0], with room at the top
     # for the table's prediction error and measurement noise

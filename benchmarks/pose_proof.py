@@ -1,0 +1,501 @@
+"""The proof for the pose issue: searched network vs mobilenetv2 vs random ones, LSP, this CPU.
+
+On Leeds Sports Pose at the cpu-small space's input (128x128, 14 joints), with this machine's
+latency table (``results/lut/<device>/cpu-small-...parquet``):
+
+1. ``mobilenetv2`` (slim EfficientPose head) is measured end to end: its median latency is the
+   budget; it is retrained with the recipe below;
+2. ``nas search`` on LSP's training split with that budget; the derived network is retrained
+   with the identical recipe;
+3. random networks of the space whose *predicted* latency is within [0.85, 1.0] x budget (the
+   window the search promises), drawn with a seeded generator, are retrained likewise;
+4. all networks are measured side by side (interleaved rounds, one fresh process) and tabled:
+   PCK@0.2 on LSP's test split, measured latency, predicted latency, MACs, parameters.
+
+Target: searched >= mobilenetv2 + 1.0 PCK@0.2 at no more measured latency, and above the best
+random network. The recipe is the same for every model and is not tuned per model.
+
+    python benchmarks/pose_proof.py [--epochs 100] [--search-epochs 20] [--randoms 5] \
+        [--seed 0] [--threads N] [--workdir runs/proof] [--out results/benchmarks/pose_proof.md]
+
+Resume: every stage writes its output into ``--workdir`` (``budget.json``, ``search/report.json``,
+``randoms.json``, ``train/<model>/metrics.json``, ``latency.json``) and is skipped when that output
+exists; a stage killed half-way (a search or a training run) continues from its checkpoint. So
+after Ctrl-C or a crash, the same command continues where it stopped. ``settings.json`` pins the
+settings a workdir was started with; a different setting is refused rather than mixed in.
+
+Smoke run (numbers meaningless, checks the plumbing)::
+
+    python benchmarks/pose_proof.py --epochs 1 --search-epochs 2 --limit 32 --randoms 2 \
+        --threads 1 --workdir /tmp/proof_smoke --out /tmp/proof_smoke/report.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import lut as lutlib
+from lut.fingerprint import describe, fingerprint
+from lut.isolated import measure_network_isolated
+from nas.search import SearchConfig, search
+from nas.train import TrainConfig, learning_rate, train
+from supernets.errors import NasError
+from supernets.fileio import write_atomic
+from supernets.flops import complexity
+from supernets.named import load_arch
+from supernets.space import SearchSpace, get_space
+from supernets.spec import ArchSpec
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = (REPO / ".." / "shared/data/lsp").resolve()
+SPACE = "cpu-small"
+BASELINE = "mobilenetv2"
+WINDOW = (0.85, 1.0)          # predicted latency / budget of the random networks
+MAX_DRAWS = 200_000           # random draws before giving up on filling the window
+PCK_TARGET = 1.0              # searched - mobilenetv2, PCK@0.2 points
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="LSP folder (default %(default)s)")
+    # 100, not EfficientPose's 200: LSP's 1000 training images on a 2-core CPU, 7 models
+    ap.add_argument("--epochs", type=int, default=100,
+                    help="retraining epochs, the same for every model (default %(default)s)")
+    ap.add_argument("--search-epochs", type=int, default=20, help="default %(default)s")
+    ap.add_argument("--randoms", type=int, default=5, help="random networks (default %(default)s)")
+    ap.add_argument("--batch-size", type=int, default=32, help="retraining batch (default 32)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the search, of every training run and of the random draws")
+    ap.add_argument("--threads", type=int, help="CPU threads for search and training "
+                    "(latency is always measured with the table's thread count)")
+    ap.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
+    ap.add_argument("--limit", type=int, help="at most N training and test images per "
+                    "retraining run (smoke runs; the search uses the whole training split)")
+    ap.add_argument("--lut", help="latency table (default: this machine's cpu-small table)")
+    ap.add_argument("--workdir", default="runs/proof", help="runs and stage outputs")
+    ap.add_argument("--out", default="results/benchmarks/pose_proof.md",
+                    help="markdown report; the JSON goes beside it (.json)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    for name in ("epochs", "search_epochs", "randoms", "batch_size", "threads", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            ap.error(f"--{name.replace('_', '-')} {value}: expected a positive integer")
+    return args
+
+
+def log(message: str) -> None:
+    print(f"[pose_proof] {message}", file=sys.stderr, flush=True)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise NasError(f"{path}: unreadable stage output ({e}); delete it to redo the stage"
+                       ) from None
+
+
+def _write_json(path: Path, obj) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+class Interrupted(Exception):
+    """A search or training run stopped on Ctrl-C after writing its checkpoint."""
+
+
+# -- settings -------------------------------------------------------------------------------
+def pin_settings(workdir: Path, args: argparse.Namespace, lut_path: Path) -> dict:
+    """The settings the results depend on; a workdir keeps the ones it was started with."""
+    settings = {"space": SPACE, "baseline": BASELINE, "data": str(Path(args.data).resolve()),
+                "epochs": args.epochs, "search_epochs": args.search_epochs,
+                "randoms": args.randoms, "batch_size": args.batch_size, "seed": args.seed,
+                "limit": args.limit, "lut": str(lut_path.resolve())}
+    path = workdir / "settings.json"
+    if path.exists():
+        pinned = _read_json(path)
+        differ = [k for k in settings if pinned.get(k) != settings[k]]
+        if differ:
+            k = differ[0]
+            raise NasError(f"{path}: this workdir was started with {k}={pinned.get(k)!r}, not "
+                           f"{settings[k]!r}; rerun with the same settings or choose another "
+                           "--workdir")
+    else:
+        _write_json(path, settings)
+    return settings
+
+
+# -- stage 1: the budget --------------------------------------------------------------------
+def stage_budget(workdir: Path, baseline: ArchSpec, table: lutlib.LatencyTable) -> dict:
+    """mobilenetv2's latency, measured as the search measures its derived network."""
+    path = workdir / "budget.json"
+    if path.exists():
+        return _read_json(path)
+    log(f"stage 1: measuring {baseline.name} at {baseline.skeleton.input_size} "
+        f"({table.threads} thread(s), fresh process)")
+    measured = measure_network_isolated(baseline, "cpu", batch=table.batch, dtype=table.dtype,
+                                        threads=table.threads)
+    result = {"arch": baseline.to_dict(), "budget_ms": measured["median_ms"],
+              "measured": measured}
+    _write_json(path, result)
+    return result
+
+
+# -- stage 2: the search --------------------------------------------------------------------
+def stage_search(workdir: Path, budget_ms: float, args: argparse.Namespace, lut_path: Path,
+                 progress: bool) -> dict:
+    out = workdir / "search"
+    if (out / "report.json").exists():
+        return _read_json(out / "report.json")
+    t0 = time.perf_counter()
+    if (out / "checkpoint.pt").exists():
+        log(f"stage 2: continuing the search in {out}")
+        report = search(None, out, lut=str(lut_path), resume=True, progress=progress)
+    else:
+        log(f"stage 2: searching {SPACE} on {args.data} (train split), budget "
+            f"{budget_ms:.3f} ms, {args.search_epochs} epochs")
+        cfg = SearchConfig(budget_ms=budget_ms, space=SPACE, data=args.data,
+                           epochs=args.search_epochs, seed=args.seed, threads=args.threads)
+        report = search(cfg, out, lut=str(lut_path), progress=progress)
+    if report.get("status") == "interrupted":
+        raise Interrupted(f"search stopped; checkpoint in {out}")
+    log(f"stage 2: derived {report['arch']['name']}: predicted {report['predicted_ms']:.3f} ms, "
+        f"measured {report['measured_ms']:.3f} ms ({time.perf_counter() - t0:.0f} s)")
+    return report
+
+
+# -- stage 3: random networks ---------------------------------------------------------------
+def draw_randoms(space: SearchSpace, predictor: lutlib.LatencyPredictor, budget_ms: float,
+                 count: int, seed: int) -> dict:
+    """The first ``count`` draws whose predicted latency is inside the window.
+
+    A budget above the space's slowest network (which the search then treats as accuracy only)
+    would leave the window empty; its bottom is then taken from the slowest network instead.
+    """
+    (_, fastest_ms), (_, slowest_ms) = predictor.bounds(space)
+    low, high = WINDOW[0] * min(budget_ms, slowest_ms), WINDOW[1] * budget_ms
+    rng = np.random.default_rng(seed)
+    picked, draws = [], 0
+    while len(picked) < count:
+        if draws >= MAX_DRAWS:
+            raise NasError(f"--randoms {count}: only {len(picked)} of {MAX_DRAWS} random "
+                           f"networks of {space.name} predict {low:.3f} to {high:.3f} ms")
+        draws += 1
+        spec = space.sample(rng, name=f"random-{len(picked) + 1}")
+        ms = predictor.latency(spec)
+        if low <= ms <= high:
+            picked.append({"arch": spec.to_dict(), "predicted_ms": ms, "draw": draws})
+    return {"seed": seed, "window_ms": [low, high], "space_bounds_ms": [fastest_ms, slowest_ms],
+            "draws": draws, "randoms": picked}
+
+
+def stage_randoms(workdir: Path, space: SearchSpace, predictor: lutlib.LatencyPredictor,
+                  budget_ms: float, count: int, seed: int) -> dict:
+    path = workdir / "randoms.json"
+    if path.exists():
+        return _read_json(path)
+    result = draw_randoms(space, predictor, budget_ms, count, seed)
+    log(f"stage 3: {count} random networks in {result['window_ms'][0]:.3f} to "
+        f"{result['window_ms'][1]:.3f} ms predicted, after {result['draws']} draws")
+    _write_json(path, result)
+    return result
+
+
+# -- stage 4: retraining --------------------------------------------------------------------
+def train_config(spec: ArchSpec, args: argparse.Namespace) -> TrainConfig:
+    """The one recipe every model is retrained with (nas.train's defaults otherwise)."""
+    return TrainConfig(arch=spec.to_dict(), data=args.data, epochs=args.epochs,
+                       batch_size=args.batch_size, seed=args.seed, limit=args.limit,
+                       threads=args.threads, workers=args.workers)
+
+
+def stage_train(workdir: Path, key: str, spec: ArchSpec, args: argparse.Namespace,
+                progress: bool) -> dict:
+    out = workdir / "train" / key
+    if (out / "metrics.json").exists():
+        return _read_json(out / "metrics.json")
+    t0 = time.perf_counter()
+    if (out / "resume.pt").exists():
+        log(f"stage 4: continuing training of {key} ({spec.name}) in {out}")
+        report = train(None, out, resume=True, arch=spec, workers=args.workers,
+                       progress=progress)
+    else:
+        log(f"stage 4: training {key} ({spec.name}) for {args.epochs} epochs into {out}")
+        report = train(train_config(spec, args), out, progress=progress)
+    if report.get("status") == "interrupted":
+        raise Interrupted(f"training of {key} stopped; checkpoint in {out}")
+    log(f"stage 4: {key}: {report['final']['metric']} {report['final']['mean']:.2f} "
+        f"({time.perf_counter() - t0:.0f} s)")
+    return report
+
+
+# -- stage 5: latency side by side ----------------------------------------------------------
+def _measure_in_child(arch_dicts: list[dict], threads: int, batch: int, dtype: str) -> list[dict]:
+    specs = [ArchSpec.from_dict(d) for d in arch_dicts]
+    timings = lutlib.measure_networks(specs, "cpu", batch=batch, dtype=dtype, threads=threads)
+    return [t.to_dict() for t in timings]
+
+
+def stage_latency(workdir: Path, models: dict[str, ArchSpec],
+                  table: lutlib.LatencyTable) -> dict:
+    """Every model in the same interleaved rounds, in a fresh process: a process that has just
+    trained networks holds a large heap and warmed pools and reads 5-15% slower (lut.isolated)."""
+    path = workdir / "latency.json"
+    if path.exists():
+        done = _read_json(path)
+        if done.get("choices") == {k: dict(s.choices) for k, s in models.items()}:
+            return done
+        log(f"stage 5: {path} measured other networks; measuring again")
+    log(f"stage 5: measuring {len(models)} networks side by side ({table.threads} thread(s))")
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        timings = pool.submit(_measure_in_child, [s.to_dict() for s in models.values()],
+                              table.threads, table.batch, table.dtype).result()
+    result = {"device": "cpu", "threads": table.threads, "batch": table.batch,
+              "dtype": table.dtype, "timing": lutlib.TimingConfig().to_dict(),
+              "choices": {k: dict(s.choices) for k, s in models.items()},
+              "timings": dict(zip(models, timings, strict=True))}
+    _write_json(path, result)
+    return result
+
+
+# -- report ---------------------------------------------------------------------------------
+def _predicted(predictor: lutlib.LatencyPredictor, spec: ArchSpec) -> float | None:
+    """None for a network whose layers the table does not have (mobilenetv2's wider stages)."""
+    try:
+        return predictor.latency(spec)
+    except NasError:
+        return None
+
+
+def summarise(models: dict[str, ArchSpec], trained: dict[str, dict], latency: dict,
+              predicted: dict[str, float | None]) -> tuple[list[dict], dict]:
+    rows = []
+    for key, spec in models.items():
+        c, t, m = complexity(spec), latency["timings"][key], trained[key]
+        epochs = m["history"]
+        rows.append({"model": key, "arch": spec.name, "pck": m["final"]["mean"],
+                     "pck_flip": m["final_flip"]["mean"], "metric": m["final"]["metric"],
+                     "test_samples": m["final"]["samples"], "per_joint": m["final"]["per_joint"],
+                     "latency_ms": t["median_ms"], "latency_p10_ms": t["p10_ms"],
+                     "latency_p90_ms": t["p90_ms"], "predicted_ms": predicted[key],
+                     "macs": c.macs, "params": c.params,
+                     "train_seconds": sum(h["seconds"] for h in epochs),
+                     "seconds_per_epoch": float(np.mean([h["seconds"] for h in epochs]))})
+    by = {r["model"]: r for r in rows}
+    base, found = by[BASELINE], by["searched"]
+    randoms = [r for r in rows if r["model"].startswith("random")]
+    best = max(randoms, key=lambda r: r["pck"]) if randoms else None
+    gain = found["pck"] - base["pck"]
+    verdict = {
+        "pck_gain_over_baseline": gain,
+        "pck_gain_met": gain >= PCK_TARGET,
+        "latency_ratio_to_baseline": found["latency_ms"] / base["latency_ms"],
+        "latency_met": found["latency_ms"] <= base["latency_ms"],
+        "best_random": best["model"] if best else None,
+        "pck_gain_over_best_random": found["pck"] - best["pck"] if best else None,
+        "beats_best_random": found["pck"] > best["pck"] if best else None,
+    }
+    verdict["target_met"] = bool(verdict["pck_gain_met"] and verdict["latency_met"]
+                                 and verdict["beats_best_random"] is not False)
+    return rows, verdict
+
+
+def _yes(ok: bool) -> str:
+    return "met" if ok else "**NOT met**"
+
+
+def _setup_paragraphs(report: dict) -> list[str]:
+    """How the numbers were obtained, one paragraph per ingredient."""
+    s, recipe, search_r = report["settings"], report["recipe"], report["search"]
+    randoms, lat, machine = report["randoms"], report["latency"], report["machine"]
+    metric = report["rows"][0]["metric"]
+    limit = f", at most {s['limit']} images per split in retraining" if s["limit"] else ""
+    accuracy_only = (", budget above the space's slowest network: searched for accuracy alone"
+                     if search_r.get("accuracy_only") else "")
+    milestones = ", ".join(str(m) for m in recipe["milestones"])
+    low, high = search_r["config"]["window"]
+    (_, slowest_ms) = randoms["space_bounds_ms"]
+    fallback = ("; the budget is above the space's slowest network, so the window's bottom is "
+                f"{WINDOW[0]:g} x the slowest network's {slowest_ms:.3f} ms"
+                if report["budget_ms"] > slowest_ms else "")
+    return [
+        f"Command: `{report['command']}`",
+        (f"Machine: {machine['device']}; Python {machine['python']}, torch {machine['torch']}. "
+         f"Wall clock of this invocation: {report['seconds'] / 3600:.2f} h."),
+        (f"Data: {s['data']} (LSP: train split = first 1000 images, test split = last "
+         f"1000){limit}."),
+        (f"Recipe, identical for every model, not tuned per model: {recipe['epochs']} epochs, "
+         f"batch {recipe['batch_size']}, Adam lr {recipe['lr']:g} x{recipe['decay_factor']:g} "
+         f"after epochs {milestones} (lr per epoch: {recipe['lr_schedule']}), weight decay "
+         f"{recipe['weight_decay']:g}, Gaussian targets sigma {recipe['sigma']:g}, augmentation "
+         f"scale +-25%, rotation +-30 deg, flip; no pretraining; seed {recipe['seed']}. "
+         f"{metric} is that of the last epoch's model on the test split, single pass (the "
+         "latency measured is a single pass too); with flip test in the next column."),
+        (f"Budget: {BASELINE}'s measured latency, {report['budget_ms']:.3f} ms. Search: "
+         f"{s['search_epochs']} epochs on the train split, mode {search_r['config']['mode']}, "
+         f"window {low:g} to {high:g} x budget; derived `{search_r['arch']['name']}`"
+         f" predicted {search_r['predicted_ms']:.3f} ms{accuracy_only}."),
+        (f"Random networks: seed {randoms['seed']}, predicted latency within "
+         f"{randoms['window_ms'][0]:.3f} to {randoms['window_ms'][1]:.3f} ms ({WINDOW[0]:g} to "
+         f"{WINDOW[1]:g} x budget; the space spans {randoms['space_bounds_ms'][0]:.3f} to "
+         f"{slowest_ms:.3f} ms{fallback}), the first {len(randoms['randoms'])} of "
+         f"{randoms['draws']} draws."),
+        (f"Latency: all {len(report['rows'])} networks measured side by side in one fresh "
+         f"process, batch {lat['batch']}, {lat['dtype']}, {lat['threads']} thread(s), median of "
+         f"{lat['timing']['rounds']} interleaved rounds (p10 to p90); predicted by the table "
+         f"{s['lut']}."),
+    ]
+
+
+def _table_lines(rows: list[dict]) -> list[str]:
+    metric = rows[0]["metric"]
+    header = (f"| model | {metric} test | {metric} flip test | latency ms median (p10-p90) "
+              "| predicted ms | MACs (M) | params (M) |")
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        pred = "n/a (not in table)" if r["predicted_ms"] is None else f"{r['predicted_ms']:.3f}"
+        name = r["model"] if r["model"] == r["arch"] else f"{r['model']} (`{r['arch']}`)"
+        latency = f"{r['latency_ms']:.3f} ({r['latency_p10_ms']:.3f}-{r['latency_p90_ms']:.3f})"
+        lines.append(f"| {name} | {r['pck']:.2f} | {r['pck_flip']:.2f} | {latency} | {pred} | "
+                     f"{r['macs'] / 1e6:.1f} | {r['params'] / 1e6:.3f} |")
+    return lines
+
+
+def _verdict_lines(rows: list[dict], v: dict) -> list[str]:
+    by = {r["model"]: r for r in rows}
+    base, found, metric = by[BASELINE], by["searched"], rows[0]["metric"]
+    lines = [
+        (f"- searched - {BASELINE}: {v['pck_gain_over_baseline']:+.2f} {metric} "
+         f"({found['pck']:.2f} vs {base['pck']:.2f}; target >= +{PCK_TARGET:.1f}): "
+         f"{_yes(v['pck_gain_met'])}"),
+        (f"- latency: searched {found['latency_ms']:.3f} ms vs {BASELINE} "
+         f"{base['latency_ms']:.3f} ms (x{v['latency_ratio_to_baseline']:.3f}; target: no "
+         f"more): {_yes(v['latency_met'])}"),
+    ]
+    if v["best_random"]:
+        best = by[v["best_random"]]
+        lines.append(f"- best random: {best['model']} {best['pck']:.2f}; searched - best random "
+                     f"{v['pck_gain_over_best_random']:+.2f}: {_yes(v['beats_best_random'])}")
+    return lines
+
+
+def render_markdown(report: dict) -> str:
+    lines = ["# Proof: searched network vs mobilenetv2 vs random networks (LSP, this CPU)", ""]
+    if report["settings"]["limit"]:
+        lines += [(f"**Smoke run (--limit {report['settings']['limit']}): the numbers below "
+                   "say nothing about the method.**"), ""]
+    for paragraph in _setup_paragraphs(report):
+        lines += [paragraph, ""]
+    lines += _table_lines(report["rows"])
+    lines += ["", "## Verdict", ""] + _verdict_lines(report["rows"], report["verdict"])
+    lines += ["", f"**Target {'met' if report['verdict']['target_met'] else 'NOT met'}.**", ""]
+    return "\n".join(lines)
+
+
+def recipe_of(cfg: TrainConfig) -> dict:
+    schedule, prev = [], None
+    for epoch in range(cfg.epochs):
+        lr = learning_rate(cfg, epoch)
+        if lr != prev:
+            schedule.append(f"{lr:g} from epoch {epoch + 1}")
+            prev = lr
+    return {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "weight_decay": cfg.weight_decay, "decay_at": list(cfg.decay_at),
+            "milestones": cfg.milestones(), "decay_factor": cfg.decay_factor,
+            "lr_schedule": ", ".join(schedule), "sigma": cfg.sigma, "seed": cfg.seed,
+            "limit": cfg.limit}
+
+
+# -- main -----------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict:
+    t0 = time.perf_counter()
+    progress = not args.no_progress
+    workdir = Path(args.workdir)
+    space = get_space(SPACE)
+    lut_path = Path(args.lut) if args.lut else lutlib.default_table_path(
+        space, "cpu", root=REPO / "results")
+    if not lut_path.is_file():
+        raise NasError(f"{lut_path}: no latency table for {SPACE} on this machine; build it "
+                       "with: nas lut build --device cpu")
+    table = lutlib.LatencyTable.load(lut_path)
+    predictor = lutlib.LatencyPredictor(table)
+    settings = pin_settings(workdir, args, lut_path)
+    sk = space.skeleton
+    baseline = load_arch(BASELINE, input_size=sk.input_size, num_joints=sk.num_joints)
+
+    budget = stage_budget(workdir, baseline, table)
+    budget_ms = budget["budget_ms"]
+    log(f"budget: {BASELINE} measured {budget_ms:.3f} ms")
+    search_report = stage_search(workdir, budget_ms, args, lut_path, progress)
+    randoms = stage_randoms(workdir, space, predictor, budget_ms, args.randoms, args.seed)
+
+    models = {BASELINE: baseline,
+              "searched": ArchSpec.from_dict(search_report["arch"], where="search report")}
+    models.update({f"random-{i + 1}": ArchSpec.from_dict(r["arch"], where="randoms.json")
+                   for i, r in enumerate(randoms["randoms"])})
+    trained = {key: stage_train(workdir, key, spec, args, progress)
+               for key, spec in models.items()}
+    latency = stage_latency(workdir, models, table)
+
+    predicted = {key: _predicted(predictor, spec) for key, spec in models.items()}
+    rows, verdict = summarise(models, trained, latency, predicted)
+    return {
+        "what": "searched network vs mobilenetv2 vs random networks of the space, LSP, this CPU",
+        "target": f"searched >= {BASELINE} + {PCK_TARGET} PCK@0.2 at no more measured latency, "
+                  "and above the best random network",
+        "command": shlex.join(["python", *sys.argv]),
+        "machine": {"device": describe(fingerprint(torch.device("cpu"), table.threads)),
+                    "platform": platform.platform(), "python": platform.python_version(),
+                    "torch": torch.__version__, "numpy": np.__version__},
+        "settings": settings,
+        "recipe": recipe_of(train_config(baseline, args)),
+        "budget_ms": budget_ms,
+        "budget": budget,
+        "search": {k: search_report.get(k) for k in (
+            "arch", "budget_ms", "window_ms", "accuracy_only", "predicted_ms", "measured_ms",
+            "measured", "in_window", "space_bounds_ms", "layers", "lam_trajectory",
+            "final_entropy", "config")},
+        "randoms": randoms,
+        "latency": {k: v for k, v in latency.items() if k != "choices"},
+        "rows": rows,
+        "verdict": verdict,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = run(args)
+    except Interrupted as e:
+        log(f"{e}; run the same command again to continue")
+        return 130
+    except KeyboardInterrupt:
+        log("interrupted; finished stages are kept: run the same command again to continue")
+        return 130
+    except NasError as e:
+        print(f"pose_proof: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    write_atomic(out.with_suffix(".json"), json.dumps(report, indent=2, default=str) + "\n")
+    markdown = render_markdown(report)
+    write_atomic(out, markdown)
+    log(f"wrote {out} and {out.with_suffix('.json')}")
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
