@@ -22,7 +22,8 @@ from nas.pose.data import (
                            make_dataset,
 )
 from nas.pose.dataset import PoseDataset
-from nas.pose.evaluation import Predictions, evaluate_model, format_result, predict, score
+from nas.pose.evaluation import (Predictions, evaluate, evaluate_model, format_result, predict,
+                                 score)
 from nas.pose.joints import (
                            COCO_FLIP_PAIRS,
                            COCO_JOINTS,
@@ -35,7 +36,7 @@ from nas.pose.joints import (
 )
 from nas.pose.loss import heatmap_loss
 from nas.pose.lsp import LSP, LSP_SPLITS
-from nas.pose.metrics import decode_heatmaps, evaluate, flip_heatmaps, pck, to_image_coords
+from nas.pose.metrics import decode_heatmaps, flip_heatmaps, pck, to_image_coords
 from nas.pose.mpii import MPII, MPII_SPLITS
 from nas.pose.synthetic import SyntheticPose
 from nas.pose.transforms import Augmentation

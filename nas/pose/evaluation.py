@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from nas.pose.loss import heatmap_loss
 from nas.pose.metrics import decode_heatmaps, flip_heatmaps, pck, to_image_coords
 
-__all__ = ["PCK_THRESHOLD", "Predictions", "evaluate_model", "format_result", "predict", "score"]
+__all__ = ["PCK_THRESHOLD", "Predictions", "evaluate", "evaluate_model", "format_result", "predict",
+           "score"]
 
 PCK_THRESHOLD = 0.2  # LSP's usual PCK@0.2 of the torso size
 
@@ -45,6 +46,7 @@ def predict(model: nn.Module, dataset, *, batch_size: int = 32, flip: bool = Fal
             progress: bool = False) -> Predictions:
     """Run ``model`` over a ``PoseDataset`` in order (as configured, augmentation included).
     With ``flip``, the heatmaps of the input and of its mirror image are averaged."""
+    base = _unwrap(dataset)
     was_training = model.training
     model.eval()
     out = {k: [] for k in ("coords", "maxvals", "joints", "norm", "index")}
@@ -58,11 +60,11 @@ def predict(model: nn.Module, dataset, *, batch_size: int = 32, flip: bool = Fal
                                            batch["target_weight"].to(device))) * len(images)
             seen += len(images)
             if flip:
-                mirrored = flip_heatmaps(model(images.flip(-1)), dataset.flip_pairs)
+                mirrored = flip_heatmaps(model(images.flip(-1)), base.flip_pairs)
                 heatmaps = (heatmaps + mirrored) / 2
             coords, maxvals = decode_heatmaps(heatmaps)
-            out["coords"].append(to_image_coords(coords, batch["affine"], dataset.input_size,
-                                                 dataset.heatmap_size))
+            out["coords"].append(to_image_coords(coords, batch["affine"], base.input_size,
+                                                 base.heatmap_size))
             out["maxvals"].append(maxvals)
             out["joints"].append(batch["joints"].numpy())
             out["norm"].append(batch["norm"].numpy())
@@ -71,6 +73,13 @@ def predict(model: nn.Module, dataset, *, batch_size: int = 32, flip: bool = Fal
         model.train(was_training)
     return Predictions(**{k: np.concatenate(v) for k, v in out.items()},
                        loss=loss_sum / max(seen, 1))
+
+
+def _unwrap(dataset):
+    """The PoseDataset under ``torch.utils.data.Subset`` wrappers (e.g. a held-out part)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset
 
 
 def score(dataset, predictions: Predictions) -> dict:
@@ -93,6 +102,19 @@ def evaluate_model(model: nn.Module, dataset, *, flip: bool = False, batch_size:
                           num_workers=num_workers, progress=progress)
     result = score(dataset, predictions)
     result.update(loss=predictions.loss, flip=flip, samples=len(predictions.index))
+    return result
+
+
+def evaluate(model: nn.Module, dataset, *, batch_size: int = 32, flip: bool = False,
+             device: str | torch.device = "cpu", threshold: float = PCK_THRESHOLD,
+             num_workers: int = 0) -> dict:
+    """PCK@``threshold`` of ``model`` on ``dataset`` (a ``PoseDataset`` or a ``Subset`` of one),
+    plus ``loss`` (mean heatmap loss of the unflipped prediction) and ``flip``."""
+    predictions = predict(model, dataset, batch_size=batch_size, flip=flip, device=device,
+                          num_workers=num_workers)
+    result = pck(predictions.coords, predictions.joints, predictions.norm, threshold,
+                 _unwrap(dataset).joint_names)
+    result.update(loss=predictions.loss, flip=flip)
     return result
 
 

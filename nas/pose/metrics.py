@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
+from torch import Tensor
 
-from nas.pose.loss import heatmap_loss
 from nas.pose.transforms import apply_affine, heatmap_to_input, invert_affine
 
-__all__ = ["decode_heatmaps", "evaluate", "flip_heatmaps", "pck", "to_image_coords"]
+__all__ = ["decode_heatmaps", "flip_heatmaps", "pck", "to_image_coords"]
 
 
 def decode_heatmaps(heatmaps: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,47 +98,3 @@ def pck(pred: np.ndarray, gt: np.ndarray, norm: np.ndarray, threshold: float = 0
         "count": total,
         "per_joint_count": {name: int(c) for name, c in zip(names, per_count)},
     }
-
-
-def _unwrap(dataset):
-    """The PoseDataset under ``torch.utils.data.Subset`` wrappers (e.g. a held-out part)."""
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    return dataset
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset, *, batch_size: int = 32, flip: bool = False,
-             device: str | torch.device = "cpu", threshold: float = 0.2,
-             num_workers: int = 0) -> dict:
-    """PCK@``threshold`` of ``model`` on ``dataset`` (a ``PoseDataset`` or a ``Subset`` of one),
-    plus ``loss``, the mean heatmap loss (on the unflipped prediction). With ``flip``, the heatmaps
-    of the input and of its mirror image are averaged. The dataset is used as configured
-    (augmentation included), in order.
-    """
-    base = _unwrap(dataset)
-    was_training = model.training
-    model.eval()
-    preds, gts, norms, loss_sum, seen = [], [], [], 0.0, 0
-    try:
-        for batch in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-            images = batch["image"].to(device)
-            heatmaps = model(images)
-            loss_sum += float(heatmap_loss(heatmaps, batch["target"].to(device),
-                                           batch["target_weight"].to(device))) * len(images)
-            seen += len(images)
-            if flip:
-                mirrored = flip_heatmaps(model(images.flip(-1)), base.flip_pairs)
-                heatmaps = (heatmaps + mirrored) / 2
-            coords, _ = decode_heatmaps(heatmaps)
-            preds.append(to_image_coords(coords, batch["affine"], base.input_size,
-                                         base.heatmap_size))
-            gts.append(batch["joints"].numpy())
-            norms.append(batch["norm"].numpy())
-    finally:
-        model.train(was_training)
-    result = pck(np.concatenate(preds), np.concatenate(gts), np.concatenate(norms), threshold,
-                 base.joint_names)
-    result["loss"] = loss_sum / max(seen, 1)
-    result["flip"] = flip
-    return result
