@@ -42,7 +42,7 @@ def _table(space: SearchSpace, cfg: SearchConfig, lut: str | None, allow_foreign
         if not path.exists():
             print(f"nas: no latency table for space {space.name} on this device at {path}; "
                   "building it now (once per device)", file=sys.stderr)
-            path = lutlib.build_table(space, cfg.device, threads=cfg.threads, out=path,
+            path = lutlib.build_table(space, cfg.device, out=path,
                                       progress=progress)
     table = lutlib.LatencyTable.load(path, allow_foreign=allow_foreign)
     return table, lutlib.LatencyPredictor(table)
@@ -105,11 +105,8 @@ def prepare(cfg: SearchConfig, *, lut: str | None = None, allow_foreign_lut: boo
         print(f"nas: every architecture of {space.name} is within the budget (slowest "
               f"{format_ms(slow_ms)}); searching for accuracy alone", file=sys.stderr)
     train_set, arch_set = _datasets(cfg, space)
-    searcher = Searcher(cfg, space, predictor, train_set, arch_set, accuracy_only=accuracy_only)
-    searcher.table = table
-    searcher.lut_path = str(table.path)
-    searcher.bounds_ms = (fast_ms, slow_ms)
-    return searcher
+    return Searcher(cfg, space, predictor, train_set, arch_set, accuracy_only=accuracy_only,
+                    bounds_ms=(fast_ms, slow_ms))
 
 
 def search(cfg: SearchConfig | None, out: Path, *, lut: str | None = None,
@@ -145,7 +142,8 @@ def search(cfg: SearchConfig | None, out: Path, *, lut: str | None = None,
 
 
 def _finish(searcher: Searcher, out: Path) -> dict:
-    cfg, space, predictor, table = searcher.cfg, searcher.space, searcher.predictor, searcher.table
+    cfg, space, predictor = searcher.cfg, searcher.space, searcher.predictor
+    table = predictor.table
     probs = {lb: p.detach().cpu() for lb, p in searcher.arch.probs().items()}
     window = None
     if not searcher.accuracy_only:

@@ -117,7 +117,8 @@ class Searcher:
     """Runs one search; owns the supernet, the architecture parameters and all random state."""
 
     def __init__(self, cfg: SearchConfig, space: SearchSpace, predictor, train_set, arch_set,
-                 *, accuracy_only: bool = False):
+                 *, accuracy_only: bool = False,
+                 bounds_ms: tuple[float, float] | None = None):
         self.cfg = cfg
         self.space = space
         self.predictor = predictor
@@ -141,7 +142,9 @@ class Searcher:
         self.history: list[dict] = []
         self.lam_trajectory: list[tuple[int, float]] = [(0, self.lam)]
         self._stop = False
-        self.lut_path: str | None = None
+        self.bounds_ms = bounds_ms  # (fastest, slowest) predicted latency of the space
+        table_path = getattr(getattr(predictor, "table", None), "path", None)
+        self.lut_path: str | None = str(table_path) if table_path else None
         self.steps_per_epoch = max(1, len(train_set) // cfg.batch_size)
 
     # -- control ---------------------------------------------------------------------------
