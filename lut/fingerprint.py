@@ -65,43 +65,40 @@ def _cpu_fingerprint(threads: int) -> dict:
     }
 
 
-def gpu_state(index: int) -> dict:
-    """What moves on a GPU between runs (clocks, temperature, power): read before and after."""
+def _nvml_read(index: int, read) -> dict:
+    """``read(pynvml, handle)`` for GPU ``index`` inside one NVML session."""
     try:
-        import pynvml
+        import pynvml  # from nvidia-ml-py (the `pynvml` wheel is deprecated)
     except ImportError:
         return {"nvml": "unavailable"}
     pynvml.nvmlInit()
     try:
-        h = pynvml.nvmlDeviceGetHandleByIndex(index)
-        return {
-            "temperature_c": pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
-            "sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
-            "mem_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM),
-            "power_limit_w": pynvml.nvmlDeviceGetPowerManagementLimit(h) / 1000.0,
-        }
+        return read(pynvml, pynvml.nvmlDeviceGetHandleByIndex(index))
     finally:
         pynvml.nvmlShutdown()
+
+
+def gpu_state(index: int) -> dict:
+    """What moves on a GPU between runs (clocks, temperature, power): read before and after."""
+    return _nvml_read(index, lambda nv, h: {
+        "temperature_c": nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU),
+        "sm_clock_mhz": nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
+        "mem_clock_mhz": nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM),
+        "power_limit_w": nv.nvmlDeviceGetPowerManagementLimit(h) / 1000.0,
+    })
 
 
 def _nvml_static(index: int) -> dict:
-    try:
-        import pynvml
-    except ImportError:
-        return {"nvml": "unavailable"}
-    pynvml.nvmlInit()
-    try:
-        h = pynvml.nvmlDeviceGetHandleByIndex(index)
-        driver = pynvml.nvmlSystemGetDriverVersion()
+    def read(nv, h) -> dict:
+        driver = nv.nvmlSystemGetDriverVersion()
         return {
             "nvml": "ok",
             "driver": driver.decode() if isinstance(driver, bytes) else driver,
-            "nvml_memory_mb": pynvml.nvmlDeviceGetMemoryInfo(h).total // 2**20,
-            "sm_clock_max_mhz": pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
-            "mem_clock_max_mhz": pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_MEM),
+            "nvml_memory_mb": nv.nvmlDeviceGetMemoryInfo(h).total // 2**20,
+            "sm_clock_max_mhz": nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM),
+            "mem_clock_max_mhz": nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_MEM),
         }
-    finally:
-        pynvml.nvmlShutdown()
+    return _nvml_read(index, read)
 
 
 def _cuda_fingerprint(index: int, threads: int) -> dict:
