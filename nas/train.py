@@ -142,7 +142,7 @@ class Trainer:
         self.best: dict | None = None
         self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
         self._stop = False
-        self._loss_sum = 0.0
+        self._loss_sum, self._epoch_start = 0.0, time.perf_counter()
 
     @property
     def finished(self) -> bool:
@@ -214,8 +214,7 @@ class Trainer:
         entry = {"epoch": self.epoch + 1, "lr": lr,
                  "train_loss": self._loss_sum / max(self.step, 1),
                  "val_metric": val["metric"], "val": val["mean"], "val_loss": val["loss"],
-                 "seconds": time.perf_counter() - getattr(self, "_epoch_start",
-                                                          time.perf_counter())}
+                 "seconds": time.perf_counter() - self._epoch_start}
         self.history.append(entry)
         tqdm.write(f"epoch {entry['epoch']}/{self.cfg.epochs}: loss {entry['train_loss']:.3e}, "
                    f"val {val['metric']} {val['mean']:.2f}", file=sys.stderr)
@@ -229,7 +228,9 @@ class Trainer:
     # -- files ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"format": RESUME_FORMAT, "config": self.cfg.to_dict(), "epoch": self.epoch,
-                "step": self.step, "loss_sum": self._loss_sum, "model": self.model.state_dict(),
+                "step": self.step, "loss_sum": self._loss_sum,
+                "epoch_seconds": (time.perf_counter() - self._epoch_start) if self.step else 0.0,
+                "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "history": self.history,
                 "best": self.best}
 
@@ -238,6 +239,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = state["epoch"], state["step"]
         self._loss_sum = state["loss_sum"]
+        # an epoch stopped half-way goes on counting the time it had already taken
+        self._epoch_start = time.perf_counter() - state.get("epoch_seconds", 0.0)
         self.history, self.best = state["history"], state["best"]
 
     def save(self, out: Path) -> None:

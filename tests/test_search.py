@@ -76,6 +76,13 @@ def test_search_writes_arch_report_logs_plot(searched, space):
     assert all(0 < x["prob"] <= 1 for x in report["layers"])
     assert report["lut"]["sha256"] and report["lut"]["fingerprint"] == {"type": "synthetic"}
     assert report["measured_ms"] is None  # a foreign (synthetic) table: nothing to measure
+    ranking = report["ranking"]  # the derived network and up to 32 drawn ones, best first
+    assert ranking[0]["choices"] == spec.choices and report["proxy_loss"] > 0
+    assert [r["rank"] for r in ranking] == list(range(1, len(ranking) + 1)) and len(ranking) > 5
+    losses = [r["proxy_loss"] for r in ranking]
+    assert losses == sorted(losses) and losses[0] < losses[-1]
+    assert sum(r["source"] == "derived" for r in ranking) == 1
+    assert all(0.85 * budget <= r["predicted_ms"] <= budget for r in ranking)
     assert report["macs"] > 0 and report["params"] > 0 and report["seed"] == 0
     assert report["lam_trajectory"][0] == [0, 0.1]
     logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -163,3 +170,36 @@ def test_resume_from_corrupt_checkpoint(tmp_path, capsys):
     assert code == 2 and "corrupt search checkpoint" in err and str(tmp_path) in err
     code, _, err = run(["search", "--resume", str(tmp_path / "missing")], capsys)
     assert code == 2 and "no search checkpoint" in err
+
+
+def test_network_measuring_over_budget_is_derived_again(lut_path, bounds, space, tmp_path,
+                                                         monkeypatch):
+    """The table here predicts 15% fast on every network: the first derived network measures
+    over the budget, so the search derives again inside the window scaled by 1/1.15 and reports
+    the network that measured under the budget, with both checks."""
+    import lut.isolated
+    import lut.table
+
+    predictor = LatencyPredictor(LatencyTable.load(lut_path, allow_foreign=True))
+    measured = []
+
+    def fake_measure(spec, device, **kw):
+        ms = 1.15 * predictor.latency(spec)
+        measured.append(ms)
+        return {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "samples": 1}
+
+    monkeypatch.setattr(lut.table, "_foreign_fields", lambda table: [])  # "this machine's"
+    monkeypatch.setattr(lut.isolated, "measure_network_isolated", fake_measure)
+    fast, slow = bounds
+    budget = fast + 0.5 * (slow - fast)
+    cfg = SearchConfig(budget_ms=budget, input_size=INPUT, epochs=1, train_samples=40,
+                       batch_size=8)
+    report = search(cfg, tmp_path / "s", lut=str(lut_path), progress=False)
+    checks = report["measure_checks"]
+    assert len(checks) == len(measured) == 2
+    assert checks[0]["measured_ms"] > budget >= checks[1]["measured_ms"]
+    assert report["measured_ms"] == checks[1]["measured_ms"] <= budget
+    assert report["arch"]["choices"] == checks[1]["choices"] != checks[0]["choices"]
+    low, high = checks[1]["window_ms"]
+    assert high == pytest.approx(checks[0]["window_ms"][1] / 1.15)
+    assert low <= report["predicted_ms"] <= high

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from supernets.model import PoseNet
 from supernets.space import get_space
 
 HW = (64, 64)
+PAUSE = 2.0  # seconds an interrupted epoch spends before its stop
 
 
 def _spec(joints=14, seed=0):
@@ -88,6 +90,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
 
     def interrupt(trainer):   # Ctrl-C in the middle of the second epoch
         if trainer.epoch == 1 and trainer.step == 1:
+            time.sleep(PAUSE)  # time the second epoch took before the stop
             os.kill(os.getpid(), signal.SIGINT)
 
     stopped = train(_cfg(), tmp_path / "parts", progress=False, on_step=interrupt)
@@ -102,6 +105,8 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
     a = json.loads((tmp_path / "whole" / "log.jsonl").read_text().splitlines()[-1])
     b = json.loads((tmp_path / "parts" / "log.jsonl").read_text().splitlines()[-1])
     assert a["train_loss"] == b["train_loss"] and a["val"] == b["val"]
+    # the stopped epoch's time counts what it took before the stop as well
+    assert b["seconds"] >= PAUSE > a["seconds"] > 0
 
 
 def _save_untrained(path, joints, input_size):

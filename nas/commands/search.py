@@ -39,6 +39,10 @@ def register(sub) -> None:
     p.add_argument("--lam", type=float, help="initial cost weight lambda (default 0.1; adapted)")
     p.add_argument("--tau", type=float, help="log base of the cost term, cost in ms (default 15)")
     p.add_argument("--arch-lr", type=float, help="architecture Adam lr (default 1e-2)")
+    p.add_argument("--rank-samples", type=int,
+                   help="after the search, rank the derived network and N more drawn from the "
+                        "learned probabilities by the supernet's held-out loss (default 32; "
+                        "0: derivation alone)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/search", help="output directory")
     p.add_argument("--resume", metavar="DIR", help="continue the search whose checkpoint is in DIR")
@@ -48,7 +52,7 @@ def register(sub) -> None:
 
 
 _CFG_ARGS = ("task", "space", "data", "epochs", "warmup_epochs", "batch_size", "arch_batch_size", "train_samples",
-             "mode", "lam", "tau", "arch_lr", "seed", "device", "threads")
+             "mode", "lam", "tau", "arch_lr", "rank_samples", "seed", "device", "threads")
 
 
 def run(args) -> Result:
@@ -83,8 +87,13 @@ def _text(r: dict) -> str:
     if r["measured_ms"] is not None:
         lines.append(f"measured     {format_ms(r['measured_ms'])}   "
                      f"= {r['measured_over_budget']:.3f} x budget")
+        for c in r.get("measure_checks", [])[:-1]:
+            lines.append(f"             (derived again: a network predicted "
+                         f"{format_ms(c['predicted_ms'])} measured {format_ms(c['measured_ms'])})")
     else:
         lines.append("measured     - (table from another device)")
+    if r.get("proxy_loss") is not None:
+        lines.append(f"selected by  {r['selected_by']}, held-out loss {r['proxy_loss']:.3e}")
     lines.append(f"MACs {r['macs'] / 1e6:.1f} M, params {r['params'] / 1e6:.3f} M")
     lines.append("choices:")
     lines += [f"  {x['label']:<16} {x['op']:<18} p={x['prob']:.3f}" for x in r["layers"]]

@@ -87,6 +87,11 @@ class SearchConfig:
     # gradients (~1e-5): the alphas would stay at zero.
     arch_lr: float = 1e-2
     arch_weight_decay: float = 0.0
+    # after the search: the derived network and rank_samples more drawn from the learned
+    # probabilities, ranked by the supernet's held-out loss (nas.search.rank); 0 = derivation only
+    rank_samples: int = 32
+    rank_images: int = 256              # architecture-split images each candidate is scored on
+    rank_bn_batches: int = 8            # weight-split batches to recompute BatchNorm statistics
     temperature: float = 5.0            # gumbel: initial temperature, x temperature_decay per epoch (FBNet)
     temperature_decay: float = 0.956
     seed: int = 0
@@ -99,6 +104,10 @@ class SearchConfig:
             raise NasError(f"--mode {self.mode!r}: expected one of {', '.join(MODES)}")
         if self.epochs < 1:
             raise NasError(f"--epochs {self.epochs}: expected a positive integer")
+        for name in ("rank_samples", "rank_images", "rank_bn_batches"):
+            if getattr(self, name) < (0 if name == "rank_samples" else 1):
+                raise NasError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected "
+                               f"{'0 or more' if name == 'rank_samples' else 'a positive integer'}")
         if self.warmup_epochs is None:
             self.warmup_epochs = self.epochs // 2
         if self.arch_batch_size is None:

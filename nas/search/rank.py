@@ -1,0 +1,150 @@
+"""Ranking derived candidates with the trained supernet (one-shot evaluation).
+
+At CPU scale a search makes a few hundred architecture steps, and the choice probabilities end
+close to uniform: the most probable architecture is then decided by small margins, and
+derivation (``nas.search.derive``) mostly fits it into the latency window. The supernet's
+weights, trained with uniformly drawn paths (single-path one-shot, as SPOS and Once-for-All
+train theirs), carry more information than those margins. So, after the search:
+
+1. candidates: the derived architecture, plus ``samples`` architectures drawn from the learned
+   choice probabilities, each fitted by the same derivation (its draw counts as the most
+   probable choice, the learned probabilities decide what to give up or add) above a target
+   latency drawn uniformly across the window, so the candidates span the window and the ranking
+   weighs latency against accuracy rather than comparing networks of one cost;
+2. each candidate's BatchNorm statistics are recomputed on its own path (``bn_batches`` batches
+   of the weight split, cumulative averages), since the supernet's running statistics mix every
+   path that went through a layer;
+3. each is scored by the task loss on a fixed set of images of the architecture split (held out
+   from the weight steps), the same images and augmentation for every candidate;
+4. candidates come back best first; the search takes the first and keeps the table in its report.
+
+Every draw comes from a generator seeded by the search's seed, so the ranking is reproducible.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import torch
+from torch.utils.data import default_collate
+
+from nas.search.derive import derive
+from supernets.space import SearchSpace
+from supernets.spec import ArchSpec
+
+__all__ = ["batches", "candidates", "rank", "score"]
+
+
+def candidates(space: SearchSpace, probs: Mapping[str, torch.Tensor],
+               latency: Callable[[ArchSpec], float], window: tuple[float, float] | None,
+               samples: int, seed: int, name: str) -> list[dict]:
+    """The derived architecture first, then up to ``samples`` distinct others fitted into the
+    window: ``{"spec", "predicted_ms", "source"}`` each."""
+    gen = torch.Generator().manual_seed(seed * 7_368_787 + 11)
+    first = derive(space, probs, latency, window, name=name)
+    out = [{"spec": first.spec, "predicted_ms": first.latency_ms, "source": "derived"}]
+    seen = {tuple(sorted(first.spec.choices.items()))}
+    for _ in range(samples * 4):  # distinct draws can run out in a small space
+        if len(out) > samples:
+            break
+        blended = {}
+        for layer in space.choice_layers():
+            p = probs[layer.label].detach().double().cpu()
+            i = int(torch.multinomial(p, 1, generator=gen))
+            # the draw becomes the argmax; the learned probabilities still order the rest
+            blended[layer.label] = 0.5 * p + 0.5 * torch.nn.functional.one_hot(
+                torch.tensor(i), len(p)).double()
+        # a target drawn across the window: fitted into the whole window, a draw from below
+        # would stop at its bottom and every candidate would cost about the same
+        sub = window
+        if window is not None:
+            low, high = window
+            sub = (low + float(torch.rand((), generator=gen, dtype=torch.float64)) * (high - low),
+                   high)
+        d = derive(space, blended, latency, sub, name=name)
+        key = tuple(sorted(d.spec.choices.items()))
+        inside = window is None or window[0] <= d.latency_ms <= window[1]
+        if inside and key not in seen:
+            seen.add(key)
+            out.append({"spec": d.spec, "predicted_ms": d.latency_ms, "source": "sampled"})
+    return out
+
+
+def _norm_layers(module: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def score(supernet, spec: ArchSpec, bn_batches: list[dict], score_batches: list[dict],
+          loss_fn: Callable[..., torch.Tensor]) -> float:
+    """Mean task loss of ``spec``'s path through ``supernet`` on ``score_batches``, after
+    recomputing BatchNorm statistics on ``bn_batches``. The supernet's own statistics and mode
+    are restored afterwards."""
+    mixes = supernet.fixed_mixes(spec)
+    norms = _norm_layers(supernet)
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(),
+              m.momentum) for m in norms]
+    was_training = supernet.training
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+        supernet.train()
+        for batch in bn_batches:
+            supernet(batch["image"], mixes)
+        supernet.eval()
+        total, count = 0.0, 0
+        for batch in score_batches:
+            n = batch["image"].shape[0]
+            total += float(loss_fn(supernet(batch["image"], mixes), batch["target"],
+                                   batch["target_weight"])) * n
+            count += n
+        return total / max(count, 1)
+    finally:
+        for m, (mean, var, tracked, momentum) in zip(norms, saved, strict=True):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(tracked)
+            m.momentum = momentum
+        supernet.train(was_training)
+
+
+def batches(dataset, indices: list[int], batch_size: int, device, epoch: int) -> list[dict]:
+    """Collated batches of ``dataset[indices]`` at a fixed augmentation epoch, channels_last."""
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    out = []
+    for start in range(0, len(indices), batch_size):
+        items = [dataset[i] for i in indices[start:start + batch_size]]
+        batch = {k: v.to(device) if torch.is_tensor(v) else v
+                 for k, v in default_collate(items).items()}
+        batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        out.append(batch)
+    return out
+
+
+def rank(searcher, window: tuple[float, float] | None, name: str) -> list[dict]:
+    """Candidates of a finished search, best (lowest held-out loss) first, each with its
+    ``proxy_loss`` and ``rank``."""
+    from nas.pose import heatmap_loss
+
+    cfg = searcher.cfg
+    probs = {lb: p.detach().cpu() for lb, p in searcher.arch.probs().items()}
+    found = candidates(searcher.space, probs, searcher.predictor.latency, window,
+                       cfg.rank_samples, cfg.seed, name)
+    g = torch.Generator().manual_seed(cfg.seed * 104_729 + 5)
+    n_bn = min(len(searcher.train_set), cfg.rank_bn_batches * cfg.batch_size)
+    bn_idx = torch.randperm(len(searcher.train_set), generator=g)[:n_bn].tolist()
+    n_score = min(len(searcher.arch_set), cfg.rank_images)
+    score_idx = torch.randperm(len(searcher.arch_set), generator=g)[:n_score].tolist()
+    bn_b = batches(searcher.train_set, bn_idx, cfg.batch_size, searcher.device, cfg.epochs)
+    score_b = batches(searcher.arch_set, score_idx, cfg.batch_size, searcher.device, cfg.epochs)
+    t0 = time.perf_counter()
+    for c in found:
+        c["proxy_loss"] = score(searcher.supernet, c["spec"], bn_b, score_b, heatmap_loss)
+    found.sort(key=lambda c: c["proxy_loss"])
+    for i, c in enumerate(found):
+        c["rank"] = i + 1
+    searcher.rank_seconds = time.perf_counter() - t0
+    return found

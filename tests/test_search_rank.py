@@ -1,0 +1,89 @@
+"""Ranking candidates with the supernet after a search (nas.search.rank)."""
+
+import numpy as np
+import pytest
+import torch
+
+from nas.pose import heatmap_loss
+from nas.search.rank import candidates, score
+from supernets.flops import op_macs
+from supernets.space import get_space
+from supernets.supernet import SuperNet
+
+INPUT = (64, 64)
+
+
+@pytest.fixture(scope="module")
+def space():
+    return get_space("cpu-small", input_size=INPUT)
+
+
+def macs_latency(spec):
+    return sum(op_macs(lay.op, lay.in_chs, lay.out_chs, lay.stride, lay.in_hw)
+               for lay in spec.layers()) / 1e6
+
+
+def random_probs(space, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {layer.label: torch.softmax(torch.randn(len(layer.candidates), generator=g), 0)
+            for layer in space.choice_layers()}
+
+
+def test_candidates_are_distinct_in_window_and_reproducible(space):
+    probs = random_probs(space, 0)
+    lat = [macs_latency(space.sample(np.random.default_rng(i)))
+           for i in range(50)]
+    window = (0.9 * sorted(lat)[25], sorted(lat)[25])
+    found = candidates(space, probs, macs_latency, window, samples=12, seed=3, name="n")
+    assert found[0]["source"] == "derived"
+    assert 2 <= len(found) <= 13 and all(c["source"] == "sampled" for c in found[1:])
+    keys = [tuple(sorted(c["spec"].choices.items())) for c in found]
+    assert len(set(keys)) == len(keys)
+    for c in found:
+        assert window[0] <= c["predicted_ms"] <= window[1]
+        assert c["predicted_ms"] == pytest.approx(macs_latency(c["spec"]))
+    again = candidates(space, probs, macs_latency, window, samples=12, seed=3, name="n")
+    assert [c["spec"].choices for c in again] == [c["spec"].choices for c in found]
+    other = candidates(space, probs, macs_latency, window, samples=12, seed=4, name="n")
+    assert [c["spec"].choices for c in other] != [c["spec"].choices for c in found]
+
+
+def _batches(space, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    sk = space.skeleton
+    h, w = sk.heatmap_size
+    return [{"image": torch.randn(4, 3, *sk.input_size, generator=g),
+             "target": torch.rand(4, sk.num_joints, h, w, generator=g),
+             "target_weight": torch.ones(4, sk.num_joints)} for _ in range(n)]
+
+
+def test_score_is_the_standalone_loss_after_bn_recalibration(space):
+    """The path's score equals the standalone network's loss (same weights) with BatchNorm
+    statistics recomputed on the same batches, and the supernet is left as it was."""
+    torch.manual_seed(0)
+    supernet = SuperNet(space)
+    supernet.train()
+    bn, held_out = _batches(space, 3, 1), _batches(space, 2, 2)
+    spec = space.sample(np.random.default_rng(5))
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+
+    got = score(supernet, spec, bn, held_out, heatmap_loss)
+
+    assert supernet.training
+    after = supernet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    model = supernet.standalone(spec)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for b in bn:
+            model(b["image"])
+        model.eval()
+        losses = [float(heatmap_loss(model(b["image"]), b["target"], b["target_weight"]))
+                  for b in held_out]
+    assert got == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    other = space.sample(np.random.default_rng(6))
+    assert score(supernet, other, bn, held_out, heatmap_loss) != pytest.approx(got, rel=1e-6)
