@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=100,
                     help="retraining epochs, the same for every model (default %(default)s)")
     ap.add_argument("--search-epochs", type=int, default=20, help="default %(default)s")
+    ap.add_argument("--rank-samples", type=int, default=32,
+                    help="the search's --rank-samples (default %(default)s, as the committed run; "
+                         "0: derivation alone)")
     ap.add_argument("--randoms", type=int, default=5, help="random networks (default %(default)s)")
     ap.add_argument("--batch-size", type=int, default=32, help="retraining batch (default 32)")
     ap.add_argument("--seed", type=int, default=0,
@@ -93,7 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     ap.add_argument("--limit", type=int, help="at most N training and test images per "
                     "retraining run (smoke runs; the search uses the whole training split)")
-    ap.add_argument("--lut", help="latency table (default: this machine's cpu-small table)")
+    ap.add_argument("--lut", help="latency table (default: this machine's table of the space at "
+                    "LSP's input)")
     ap.add_argument("--workdir", default="runs/proof", help="runs and stage outputs")
     ap.add_argument("--out", default="results/benchmarks/pose_proof.md",
                     help="markdown report; the JSON goes beside it (.json)")
@@ -103,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             ap.error(f"--{name.replace('_', '-')} {value}: expected a positive integer")
+    if args.rank_samples < 0:
+        ap.error(f"--rank-samples {args.rank_samples}: expected 0 or more")
     return args
 
 
@@ -131,6 +137,7 @@ def pin_settings(workdir: Path, args: argparse.Namespace, lut_path: Path) -> dic
     """The settings the results depend on; a workdir keeps the ones it was started with."""
     settings = {"space": args.space, "baseline": BASELINE, "data": str(Path(args.data).resolve()),
                 "epochs": args.epochs, "search_epochs": args.search_epochs,
+                "rank_samples": args.rank_samples,
                 "randoms": args.randoms, "batch_size": args.batch_size, "seed": args.seed,
                 "limit": args.limit, "lut": str(lut_path.resolve())}
     path = workdir / "settings.json"
@@ -179,6 +186,7 @@ def stage_search(workdir: Path, budget_ms: float, args: argparse.Namespace, lut_
         input_size, joints = PRESETS[PRESET]
         cfg = SearchConfig(budget_ms=budget_ms, space=args.space, input_size=input_size,
                            num_joints=joints, data=args.data, epochs=args.search_epochs,
+                           rank_samples=args.rank_samples,
                            seed=args.seed, threads=args.threads)
         report = search(cfg, out, lut=str(lut_path), progress=progress)
     if report.get("status") == "interrupted":
@@ -186,6 +194,14 @@ def stage_search(workdir: Path, budget_ms: float, args: argparse.Namespace, lut_
     log(f"stage 2: derived {report['arch']['name']}: predicted {report['predicted_ms']:.3f} ms, "
         f"measured {report['measured_ms']:.3f} ms ({time.perf_counter() - t0:.0f} s)")
     return report
+
+
+def search_seconds(out: Path, report: dict) -> float:
+    """Epoch times from the search's log plus its ranking time."""
+    log_path = out / "log.jsonl"
+    epochs = [json.loads(line)["seconds"] for line in log_path.read_text().splitlines()
+              if line.strip()] if log_path.exists() else []
+    return float(sum(epochs) + (report.get("ranking_seconds") or 0.0))
 
 
 def derivation_only(space: SearchSpace, report: dict) -> ArchSpec | None:
@@ -355,7 +371,11 @@ def _setup_paragraphs(report: dict) -> list[str]:
     return [
         f"Command: `{report['command']}`",
         (f"Machine: {machine['device']}; Python {machine['python']}, torch {machine['torch']}. "
-         f"Wall clock of this invocation: {report['seconds'] / 3600:.2f} h."),
+         f"Compute, summed from the stage outputs (a resumed run counts each stage once): "
+         f"search {report['compute']['search_seconds'] / 60:.1f} min (ranking included), "
+         f"retraining {report['compute']['train_seconds'] / 3600:.2f} h for "
+         f"{len(report['rows'])} models; wall clock of this invocation "
+         f"{report['seconds'] / 3600:.2f} h."),
         (f"Data: {s['data']} (LSP: train split = first 1000 images, test split = last "
          f"1000){limit}."),
         (f"Recipe, identical for every model, not tuned per model: {recipe['epochs']} epochs, "
@@ -412,6 +432,11 @@ def _verdict_lines(rows: list[dict], v: dict) -> list[str]:
          f"{base['latency_ms']:.3f} ms (x{v['latency_ratio_to_baseline']:.3f}; target: no "
          f"more): {_yes(v['latency_met'])}"),
     ]
+    if ABLATION in by:
+        ab = by[ABLATION]
+        lines.append(f"- ablation, outside the verdict: {ABLATION} {ab['pck']:.2f} at "
+                     f"{ab['latency_ms']:.3f} ms, {ab['pck'] - base['pck']:+.2f} over {BASELINE}, "
+                     f"{ab['pck'] - found['pck']:+.2f} over the searched network")
     if v["best_random"]:
         best = by[v["best_random"]]
         lines.append(f"- best random: {best['model']} {best['pck']:.2f}; searched - best random "
@@ -498,12 +523,14 @@ def run(args: argparse.Namespace) -> dict:
         "search": {k: search_report.get(k) for k in (
             "arch", "budget_ms", "window_ms", "accuracy_only", "predicted_ms", "measured_ms",
             "measured", "in_window", "space_bounds_ms", "layers", "lam_trajectory",
-            "final_entropy", "config", "selected_by", "proxy_loss", "ranking",
+            "final_entropy", "config", "selected_by", "proxy_loss", "ranking", "ranking_seconds",
             "measure_checks")},
         "randoms": randoms,
         "latency": {k: v for k, v in latency.items() if k != "choices"},
         "rows": rows,
         "verdict": verdict,
+        "compute": {"search_seconds": search_seconds(workdir / "search", search_report),
+                    "train_seconds": sum(r["train_seconds"] for r in rows)},
         "seconds": time.perf_counter() - t0,
     }
 

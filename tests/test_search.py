@@ -6,6 +6,7 @@ checked exactly and fast; tables measured on this machine are tested in test_lut
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,7 +58,7 @@ def searched(lut_path, bounds, tmp_path_factory):
     budget = fast + 0.4 * (slow - fast)
     out = tmp_path_factory.mktemp("search")
     code = main(["search", "--budget", f"{budget}ms", "--lut", str(lut_path), "--out", str(out),
-                 "--json", *TINY])
+                 "--json", "--rank-samples", "16", *TINY])
     assert code == 0
     return out, budget
 
@@ -76,7 +77,7 @@ def test_search_writes_arch_report_logs_plot(searched, space):
     assert all(0 < x["prob"] <= 1 for x in report["layers"])
     assert report["lut"]["sha256"] and report["lut"]["fingerprint"] == {"type": "synthetic"}
     assert report["measured_ms"] is None  # a foreign (synthetic) table: nothing to measure
-    ranking = report["ranking"]  # the derived network and up to 32 drawn ones, best first
+    ranking = report["ranking"]  # the derived network and up to 16 drawn ones, best first
     assert ranking[0]["choices"] == spec.choices and report["proxy_loss"] > 0
     assert [r["rank"] for r in ranking] == list(range(1, len(ranking) + 1)) and len(ranking) > 5
     losses = [r["proxy_loss"] for r in ranking]
@@ -98,6 +99,8 @@ def test_search_json_prints_one_object(lut_path, bounds, tmp_path, capsys):
     assert code == 0
     report = json.loads(out)
     assert report["out"] == str(tmp_path / "s") and "predicted_ms" in report
+    # no ranking unless asked for: derivation's network
+    assert report["ranking"] is None and report["selected_by"] == "derivation"
 
 
 def test_budget_below_fastest_stops_before_training(lut_path, bounds, tmp_path, capsys):
@@ -203,3 +206,44 @@ def test_network_measuring_over_budget_is_derived_again(lut_path, bounds, space,
     low, high = checks[1]["window_ms"]
     assert high == pytest.approx(checks[0]["window_ms"][1] / 1.15)
     assert low <= report["predicted_ms"] <= high
+
+
+def test_ranked_network_measuring_over_budget_is_replaced_by_the_next_inside(
+        lut_path, space, tmp_path, monkeypatch):
+    """With a ranking, the replacement is the best-ranked candidate inside the rescaled window:
+    here the ranking is A (0.96 x budget), C (0.70 x, outside even the rescaled window), B
+    (0.88 x); every network measures 6% over its prediction, so A fails, the window becomes
+    [0.82, 0.92] x budget and B, not C, is taken, measured and kept."""
+    import lut.isolated
+    import lut.table
+    import nas.search.run as run_module
+
+    predictor = LatencyPredictor(LatencyTable.load(lut_path, allow_foreign=True))
+    rng = np.random.default_rng(0)
+    specs = sorted((space.sample(rng, name="s") for _ in range(300)), key=predictor.latency)
+    a = specs[int(0.9 * len(specs))]
+    budget = predictor.latency(a) / 0.96
+
+    def nearest(fraction):
+        return min(specs, key=lambda x: abs(predictor.latency(x) - fraction * budget))
+
+    b, c = nearest(0.88), nearest(0.70)
+    assert 0.83 < predictor.latency(b) / budget < 0.91 and predictor.latency(c) / budget < 0.8
+
+    def fake_rank(searcher, window, name):
+        return [{"spec": x, "predicted_ms": predictor.latency(x), "source": "sampled",
+                 "rank": i + 1, "proxy_loss": 0.1 * (i + 1)} for i, x in enumerate((a, c, b))]
+
+    def fake_measure(spec, device, **kw):
+        ms = 1.06 * predictor.latency(spec)
+        return {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "samples": 1}
+
+    monkeypatch.setattr(lut.table, "_foreign_fields", lambda table: [])
+    monkeypatch.setattr(lut.isolated, "measure_network_isolated", fake_measure)
+    monkeypatch.setattr(run_module, "rank", fake_rank)
+    cfg = SearchConfig(budget_ms=budget, input_size=INPUT, epochs=1, train_samples=40,
+                       batch_size=8, rank_samples=2)
+    report = search(cfg, tmp_path / "s", lut=str(lut_path), progress=False)
+    assert [ch["choices"] for ch in report["measure_checks"]] == [a.choices, b.choices]
+    assert report["arch"]["choices"] == b.choices and report["measured_ms"] <= budget
+    assert report["selected_by"] == "supernet ranking (rank 3 of 3)"

@@ -41,8 +41,8 @@ def register(sub) -> None:
     p.add_argument("--arch-lr", type=float, help="architecture Adam lr (default 1e-2)")
     p.add_argument("--rank-samples", type=int,
                    help="after the search, rank the derived network and N more drawn from the "
-                        "learned probabilities by the supernet's held-out loss (default 32; "
-                        "0: derivation alone)")
+                        "learned probabilities by the supernet's held-out loss (default 0: "
+                        "derivation alone; e.g. 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/search", help="output directory")
     p.add_argument("--resume", metavar="DIR", help="continue the search whose checkpoint is in DIR")
