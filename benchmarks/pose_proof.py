@@ -441,6 +441,9 @@ def _verdict_lines(rows: list[dict], v: dict) -> list[str]:
         best = by[v["best_random"]]
         lines.append(f"- best random: {best['model']} {best['pck']:.2f}; searched - best random "
                      f"{v['pck_gain_over_best_random']:+.2f}: {_yes(v['beats_best_random'])}")
+        pcks = [r["pck"] for r in rows if r["model"].startswith("random")]
+        lines.append(f"- the {len(pcks)} random networks: mean {np.mean(pcks):.2f}, "
+                     f"{min(pcks):.2f} to {max(pcks):.2f}, one training run each")
     return lines
 
 
