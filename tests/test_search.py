@@ -230,7 +230,7 @@ def test_ranked_network_measuring_over_budget_is_replaced_by_the_next_inside(
     b, c = nearest(0.88), nearest(0.70)
     assert 0.83 < predictor.latency(b) / budget < 0.91 and predictor.latency(c) / budget < 0.8
 
-    def fake_rank(searcher, window, name):
+    def fake_rank(searcher, probs, derived, window, name):
         return [{"spec": x, "predicted_ms": predictor.latency(x), "source": "sampled",
                  "rank": i + 1, "proxy_loss": 0.1 * (i + 1)} for i, x in enumerate((a, c, b))]
 

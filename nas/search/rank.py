@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable, Mapping
 
 import torch
-from torch.utils.data import default_collate
 
-from nas.search.derive import derive
+from nas.search.derive import Derivation, derive
+from nas.search.searcher import collate
 from supernets.space import SearchSpace
 from supernets.spec import ArchSpec
 
@@ -38,11 +38,14 @@ __all__ = ["batches", "candidates", "rank", "score"]
 
 def candidates(space: SearchSpace, probs: Mapping[str, torch.Tensor],
                latency: Callable[[ArchSpec], float], window: tuple[float, float] | None,
-               samples: int, seed: int, name: str) -> list[dict]:
-    """The derived architecture first, then up to ``samples`` distinct others fitted into the
-    window: ``{"spec", "predicted_ms", "source"}`` each."""
+               samples: int, seed: int, name: str,
+               first: Derivation | None = None) -> list[dict]:
+    """The derived architecture (``first``, derived here when not given) first, then up to
+    ``samples`` distinct others fitted into the window: ``{"spec", "predicted_ms", "source"}``
+    each."""
     gen = torch.Generator().manual_seed(seed * 7_368_787 + 11)
-    first = derive(space, probs, latency, window, name=name)
+    if first is None:
+        first = derive(space, probs, latency, window, name=name)
     out = [{"spec": first.spec, "predicted_ms": first.latency_ms, "source": "derived"}]
     seen = {tuple(sorted(first.spec.choices.items()))}
     for _ in range(samples * 4):  # distinct draws can run out in a small space
@@ -114,25 +117,19 @@ def batches(dataset, indices: list[int], batch_size: int, device, epoch: int) ->
     """Collated batches of ``dataset[indices]`` at a fixed augmentation epoch, channels_last."""
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
-    out = []
-    for start in range(0, len(indices), batch_size):
-        items = [dataset[i] for i in indices[start:start + batch_size]]
-        batch = {k: v.to(device) if torch.is_tensor(v) else v
-                 for k, v in default_collate(items).items()}
-        batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-        out.append(batch)
-    return out
+    return [collate(dataset, indices[start:start + batch_size], device)
+            for start in range(0, len(indices), batch_size)]
 
 
-def rank(searcher, window: tuple[float, float] | None, name: str) -> list[dict]:
-    """Candidates of a finished search, best (lowest held-out loss) first, each with its
-    ``proxy_loss`` and ``rank``."""
+def rank(searcher, probs: Mapping[str, torch.Tensor], derived: Derivation,
+         window: tuple[float, float] | None, name: str) -> list[dict]:
+    """Candidates of a finished search (``derived`` and draws from ``probs``), best (lowest
+    held-out loss) first, each with its ``proxy_loss`` and ``rank``."""
     from nas.pose import heatmap_loss
 
     cfg = searcher.cfg
-    probs = {lb: p.detach().cpu() for lb, p in searcher.arch.probs().items()}
     found = candidates(searcher.space, probs, searcher.predictor.latency, window,
-                       cfg.rank_samples, cfg.seed, name)
+                       cfg.rank_samples, cfg.seed, name, first=derived)
     g = torch.Generator().manual_seed(cfg.seed * 104_729 + 5)
     n_bn = min(len(searcher.train_set), cfg.rank_bn_batches * cfg.batch_size)
     bn_idx = torch.randperm(len(searcher.train_set), generator=g)[:n_bn].tolist()

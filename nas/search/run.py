@@ -155,7 +155,7 @@ def _finish(searcher: Searcher, out: Path) -> dict:
     name = f"{space.name}-{_budget_tag(cfg)}"
     d = derive(space, probs, predictor.latency, window, name=name)
     if cfg.rank_samples > 0:
-        ranked = rank(searcher, window, name)
+        ranked = rank(searcher, probs, d, window, name)
     else:
         ranked = [{"spec": d.spec, "predicted_ms": d.latency_ms, "source": "derived"}]
     chosen = ranked[0]

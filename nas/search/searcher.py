@@ -49,9 +49,17 @@ from supernets.fileio import write_atomic
 from supernets.space import SearchSpace
 from supernets.supernet import SuperNet
 
-__all__ = ["CHECKPOINT_FORMAT", "SearchConfig", "Searcher"]
+__all__ = ["CHECKPOINT_FORMAT", "SearchConfig", "Searcher", "collate"]
 
 CHECKPOINT_FORMAT = "nas.search/1"
+
+
+def collate(dataset, indices: list[int], device) -> dict:
+    """One batch of ``dataset[indices]`` on ``device``, images channels_last."""
+    batch = {key: v.to(device) if torch.is_tensor(v) else v
+             for key, v in default_collate([dataset[i] for i in indices]).items()}
+    batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+    return batch
 
 
 @dataclass
@@ -174,10 +182,7 @@ class Searcher:
 
     def _batch(self, dataset, order: list[int], k: int, bs: int) -> dict:
         idx = [order[(k * bs + i) % len(order)] for i in range(bs)]
-        batch = {key: v.to(self.device) if torch.is_tensor(v) else v
-                 for key, v in default_collate([dataset[i] for i in idx]).items()}
-        batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-        return batch
+        return collate(dataset, idx, self.device)
 
     # -- steps -----------------------------------------------------------------------------
     def _task_loss(self, batch: dict, mixes) -> torch.Tensor:
