@@ -12,8 +12,11 @@ and then resume (finding nothing left to measure) instead of measuring on a busy
 racing on the file.
 
 Calibration: a few whole networks (the space's largest, its fastest by the table and random
-samples drawn with ``seed``) are measured end to end with the same timing method and an affine
-map ``measured = a * sum_of_rows + b`` is fitted by least squares on relative error.
+samples drawn with ``seed``) are measured end to end with the same timing method. Two models are
+compared by leave-one-out error on them, the plain sum of rows and an affine map
+``measured = a * sum_of_rows + b`` (least squares on relative error), and the better one is the
+table's (``choose_calibration``). Then the speed probes (``lut.probe``) are picked from these
+networks and timed, so that later users of the table can check it still fits the machine.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from tqdm import tqdm
 from lut.device import canonical_device, default_threads, parse_device, parse_dtype, runtime
 from lut.fingerprint import device_slug, fingerprint, gpu_state
 from lut.keys import RowShape, space_rows
+from lut.probe import record_probes
 from lut.table import Calibration, LatencyTable, space_to_dict
 from lut.timing import Timing, TimingConfig, measure, resolve_clock
 from supernets.errors import NasError
@@ -41,8 +45,8 @@ from supernets.ops import build_op
 from supernets.space import SearchSpace
 from supernets.spec import ArchSpec
 
-__all__ = ["BuildResult", "build", "build_table", "calibrate", "default_table_path",
-           "measure_network", "measure_networks"]
+__all__ = ["BuildResult", "build", "build_table", "calibrate", "choose_calibration",
+           "default_table_path", "loo_errors", "measure_network", "measure_networks"]
 
 CHUNK_ROWS = 256  # the unit of resume (see the module docstring)
 CALIBRATION_NETWORKS = 8
@@ -140,6 +144,37 @@ def calibrate(raw_ms: Sequence[float], measured_ms: Sequence[float]) -> tuple[fl
     return float(a), float(b)
 
 
+def loo_errors(raw_ms: Sequence[float], measured_ms: Sequence[float]) -> dict[str, float]:
+    """Mean |relative error| on each held-out network, for each calibration method.
+
+    ``raw``: the plain sum of rows (nothing fitted, so every network is held out as it is);
+    ``affine``: ``calibrate`` fitted on the other networks, predicting the one left out.
+    """
+    raw, meas = np.asarray(raw_ms, float), np.asarray(measured_ms, float)
+    errors = {"raw": float(np.mean(np.abs(raw - meas) / meas))}
+    if len(raw) >= 3:
+        held = []
+        for i in range(len(raw)):
+            keep = np.arange(len(raw)) != i
+            a, b = calibrate(raw[keep], meas[keep])
+            held.append(abs(a * raw[i] + b - meas[i]) / meas[i])
+        errors["affine"] = float(np.mean(held))
+    return errors
+
+
+def choose_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float],
+                       networks: Sequence[dict] = ()) -> Calibration:
+    """The calibration with the lower leave-one-out error (``raw`` on a tie or too few
+    networks to hold one out): evidence per table, since the sum of rows alone is the better
+    predictor on some machines and the affine fit on others."""
+    loo = loo_errors(raw_ms, measured_ms)
+    a, b = calibrate(raw_ms, measured_ms)
+    method = "affine" if loo.get("affine", np.inf) < loo["raw"] and a > 0 else "raw"
+    ca, cb = (a, b) if method == "affine" else (1.0, 0.0)
+    nets = tuple({**n, "predicted_ms": ca * n["raw_ms"] + cb} for n in networks)
+    return Calibration(ca, cb, nets, method, loo, (a, b))
+
+
 def _calibration_specs(table: LatencyTable, space: SearchSpace, n: int,
                        seed: int) -> list[ArchSpec]:
     from lut.predictor import LatencyPredictor  # the predictor imports table; avoid a cycle
@@ -163,15 +198,16 @@ def _fit_calibration(table: LatencyTable, space: SearchSpace, *, networks: int, 
                                 desc="calibration")
     raw_predictor = LatencyPredictor(table.with_meta(calibration=Calibration(1.0, 0.0).to_dict()))
     raw = [raw_predictor.raw_latency(s) for s in specs]
-    a, b = calibrate(raw, [t.median_ms for t in measured])
-    if not a > 0:
-        raise NasError(f"{table.where()}: calibration failed (slope {a:.3g}): whole-network "
-                       "times do not grow with the table's sums; the machine was probably too "
-                       "busy, build again")
+    meas = [t.median_ms for t in measured]
     nets = [{"name": s.name, "choices": dict(s.choices), "raw_ms": r, "measured_ms": t.median_ms,
-             "p10_ms": t.p10_ms, "p90_ms": t.p90_ms, "predicted_ms": a * r + b}
+             "p10_ms": t.p10_ms, "p90_ms": t.p90_ms}
             for s, r, t in zip(specs, raw, measured)]
-    return Calibration(a, b, tuple(nets))
+    calibration = choose_calibration(raw, meas, nets)
+    if calibration.method == "affine" and not calibration.a > 0:
+        raise NasError(f"{table.where()}: calibration failed (slope {calibration.a:.3g}): "
+                       "whole-network times do not grow with the table's sums; the machine was "
+                       "probably too busy, build again")
+    return calibration
 
 
 def _open_or_create(out: Path, space: SearchSpace, dev: torch.device, device: str, batch: int,
@@ -285,13 +321,13 @@ def _build_locked(space: SearchSpace, dev: torch.device, device: str, *, batch: 
             table = table.with_meta(runtime=settings, calibration=None,
                                     build_seconds=seconds())
             table.save(out)
-    if missing or table.calibration is None:
+    if missing or table.calibration is None or not table.meta.get("probes"):
         calibration = _fit_calibration(table, space, networks=calibration_networks, seed=seed,
                                        timing=timing, progress=progress)
-        table = table.with_meta(
-            calibration=calibration.to_dict(), build_seconds=seconds(),
-            conditions={"before": before, "after": _conditions(dev)},
-            space=space_to_dict(space))
+        table = table.with_meta(calibration=calibration.to_dict(), space=space_to_dict(space))
+        table = record_probes(table)
+        table = table.with_meta(build_seconds=seconds(),
+                                conditions={"before": before, "after": _conditions(dev)})
         table.save(out)
         calibrated = True
     return BuildResult(out, len(space_rows(space)), len(missing), calibrated,

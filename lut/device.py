@@ -17,6 +17,7 @@ advises). This is a process-wide setting and stays in force after the block.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -136,7 +137,11 @@ def runtime(device: torch.device, threads: int) -> Iterator[dict]:
                 "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
                 "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
             })
-        with torch.inference_mode():
+        # CUDA events, streams and graphs belong to the *current* device: make it the one
+        # measured (``cuda:1`` timed with cuda:0 current would time nothing it launched)
+        on_device = (torch.cuda.device(device) if device.type == "cuda"
+                     else contextlib.nullcontext())
+        with on_device, torch.inference_mode():
             yield settings
     finally:
         torch.set_num_threads(previous)

@@ -24,8 +24,10 @@ __all__ = ["measure_network_isolated"]
 
 
 def measure_network_isolated(spec: ArchSpec, device: str = "cpu", *, batch: int = 1,
-                             dtype: str = "fp32", threads: int | None = None) -> dict:
-    """``lut.measure_network`` run in a child process; the same dict."""
+                             dtype: str = "fp32", threads: int | None = None,
+                             cuda_graphs: bool = False) -> dict:
+    """``lut.measure_network`` run in a child process; the same dict. ``cuda_graphs``: time
+    replays of a captured CUDA graph, as a table built with ``--cuda-graphs`` does."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "arch.json"
         spec.save(path)
@@ -33,6 +35,8 @@ def measure_network_isolated(spec: ArchSpec, device: str = "cpu", *, batch: int 
                 "--batch", str(batch), "--dtype", dtype]
         if threads:
             argv += ["--threads", str(threads)]
+        if cuda_graphs:
+            argv += ["--cuda-graphs"]
         done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -47,11 +51,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--cuda-graphs", action="store_true")
     args = ap.parse_args()
     from lut.build import measure_network
+    from lut.timing import TimingConfig
 
     result = measure_network(ArchSpec.load(args.arch), args.device, batch=args.batch,
-                             dtype=args.dtype, threads=args.threads)
+                             dtype=args.dtype, threads=args.threads,
+                             timing=TimingConfig(cuda_graphs=args.cuda_graphs))
     print(json.dumps(result))
 
 

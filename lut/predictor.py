@@ -2,7 +2,9 @@
 
 ``raw_latency(spec)`` is the plain sum of the table's rows over ``spec.layers()``; ``latency(spec)``
 applies the table's calibration (``a * sum + b``, fitted on whole networks measured end to end:
-the per-network cost no per-op row sees). ``expected_latency(space, probs)`` is the same
+the per-network cost no per-op row sees; or the plain sum where that predicted the held-out
+networks better) and the predictor's ``correction`` (1 unless measurements on this machine say
+otherwise: ``corrected(factor)``). ``expected_latency(space, probs)`` is the same
 quantity in expectation over independent per-layer choices, differentiable with respect to the
 probabilities; on one-hot probabilities it equals ``latency`` of that spec exactly (the sums run
 in the same order, in float64).
@@ -14,6 +16,8 @@ previous layer's probability mass on candidates with ``out_chs == w``.
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -44,14 +48,27 @@ class _LayerCosts:
 class LatencyPredictor:
     """Predicts latency in ms on the table's device and settings."""
 
-    def __init__(self, table: LatencyTable):
+    def __init__(self, table: LatencyTable, correction: float = 1.0):
         calibration = table.calibration
         if calibration is None:
             raise NasError(f"{table.where()}: the table has no calibration (its build did not "
                            f"finish); finish it with: {table.build_command()}")
         self.table = table
         self.calibration: Calibration = calibration
+        if not (math.isfinite(correction) and correction > 0):
+            raise ValueError(f"correction = {correction!r}: expected a positive number")
+        self.correction = float(correction)
         self._space_costs: dict[SearchSpace, list[_LayerCosts]] = {}
+
+    def corrected(self, factor: float) -> LatencyPredictor:
+        """This predictor with every prediction multiplied by ``factor``: what the machine's
+        measurements say of the table now (the speed probe's ratio, or a search's measured /
+        predicted latency of the networks it measured). Shares the row caches."""
+        twin = copy.copy(self)
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"correction = {factor!r}: expected a positive number")
+        twin.correction = float(factor)
+        return twin
 
     # -- one network -------------------------------------------------------------------------
     def _row_ms(self, row: RowShape, label: str, space: SearchSpace | None) -> float:
@@ -71,8 +88,8 @@ class LatencyPredictor:
         return total
 
     def latency(self, spec: ArchSpec) -> float:
-        """Calibrated latency of ``spec`` in ms."""
-        return self.calibration.apply(self.raw_latency(spec))
+        """Calibrated latency of ``spec`` in ms (times the correction, if any)."""
+        return self.correction * self.calibration.apply(self.raw_latency(spec))
 
     def _spec_space(self, spec: ArchSpec) -> SearchSpace:
         """The space whose build command measures ``spec``'s rows (for error messages)."""
@@ -124,7 +141,7 @@ class LatencyPredictor:
                     total = total + width_p[w] * (p * costs[i]).sum()
             outs = torch.as_tensor([c.out_chs for c in lc.candidates], device=device)
             width_p = {int(u): p[outs == u].sum() for u in torch.unique(outs).tolist()}
-        return self.calibration.apply(total)
+        return self.correction * self.calibration.apply(total)
 
     @staticmethod
     def _layer_probs(lc: _LayerCosts, probs: Mapping[str, torch.Tensor],

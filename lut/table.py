@@ -9,8 +9,14 @@ metadata key ``nas.lut``. Schema ``nas.lut/1``:
               median_ms, p10_ms, p90_ms, spread, samples, attempts, measured_at (UTC ISO)
     metadata  {"schema": "nas.lut/1", "device": "cpu", "dtype": "fp32", "batch": 1,
                "threads": 1, "clock": "thread", "fingerprint": {...}, "runtime": {...},
-               "timing": {...}, "space": {...}, "calibration": {"a", "b", "networks"} | null,
+               "timing": {...}, "space": {...},
+               "calibration": {"a", "b", "method", "loo", "affine", "networks"} | null,
+               "probes": {"rounds", "warmup_calls", "seed", "networks"} | absent,
                "conditions": {...}, "build_seconds": float}
+
+The probes (``lut.probe``) are a few calibration networks with their latency as the probe
+measured it at build time; tables written before probes existed lack them and are refused by
+the commands that must know the table still fits the machine (rebuild them).
 
 ``LatencyTable.load`` validates everything (a corrupt or truncated file, another schema, a NaN
 or non-positive latency, a fingerprint from another device) and raises ``NasError`` with the
@@ -33,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lut.device import canonical_device, parse_device
-from lut.fingerprint import describe, fingerprint, foreign_fields
+from lut.fingerprint import describe_differences, fingerprint, foreign_fields
 from lut.keys import RowShape, parse_row_key, row_key, space_rows
 from lut.timing import Timing
 from supernets.errors import NasError
@@ -41,8 +47,8 @@ from supernets.fileio import write_atomic
 from supernets.space import SPACES, SearchSpace
 from supernets.spec import Skeleton, Stage
 
-__all__ = ["COLUMNS", "SCHEMA", "Calibration", "LatencyTable", "space_from_dict",
-           "space_to_dict"]
+__all__ = ["CALIBRATION_METHODS", "COLUMNS", "SCHEMA", "Calibration", "LatencyTable",
+           "space_from_dict", "space_to_dict"]
 
 SCHEMA = "nas.lut/1"
 META_KEY = b"nas.lut"
@@ -52,19 +58,35 @@ _LATENCY_COLUMNS = ("median_ms", "p10_ms", "p90_ms")
 _REQUIRED_META = ("device", "dtype", "batch", "threads", "clock", "fingerprint", "space")
 
 
+CALIBRATION_METHODS = ("raw", "affine")
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """measured ~ a * (sum of rows) + b, fitted on whole networks measured end to end."""
+    """measured ~ a * (sum of rows) + b, fitted on whole networks measured end to end.
+
+    ``method`` says which model the table uses, chosen at build time by leave-one-out error on
+    the calibration networks (``loo``: method -> mean |relative error| of the held-out network):
+    ``raw`` (a = 1, b = 0: the plain sum of rows) or ``affine`` (a and b fitted). ``affine``
+    keeps the fitted pair for reporting even when ``raw`` is chosen.
+    """
 
     a: float
     b: float
     networks: tuple[dict, ...] = field(default=(), compare=False)
+    method: str = "affine"
+    loo: dict = field(default_factory=dict, compare=False)
+    affine: tuple[float, float] | None = field(default=None, compare=False)
 
     def apply(self, raw_ms: float):
         return self.a * raw_ms + self.b
 
     def to_dict(self) -> dict:
-        return {"a": self.a, "b": self.b, "networks": list(self.networks)}
+        d = {"a": self.a, "b": self.b, "method": self.method, "loo": dict(self.loo),
+             "networks": list(self.networks)}
+        if self.affine is not None:
+            d["affine"] = {"a": self.affine[0], "b": self.affine[1]}
+        return d
 
     @classmethod
     def from_dict(cls, d: object, where: str) -> Calibration:
@@ -75,7 +97,14 @@ class Calibration:
         if d["a"] <= 0:
             raise NasError(f"{where}: calibration slope a = {d['a']}: expected a positive "
                            "number (measured time grows with the sum of rows)")
-        return cls(float(d["a"]), float(d["b"]), tuple(d.get("networks") or ()))
+        method = d.get("method", "affine")  # tables before the choice were all affine
+        if method not in CALIBRATION_METHODS:
+            raise NasError(f"{where}: calibration method {method!r}: expected one of "
+                           f"{', '.join(CALIBRATION_METHODS)}")
+        affine = d.get("affine")
+        pair = (float(affine["a"]), float(affine["b"])) if isinstance(affine, dict) else None
+        return cls(float(d["a"]), float(d["b"]), tuple(d.get("networks") or ()), method,
+                   dict(d.get("loo") or {}), pair)
 
 
 def space_to_dict(space: SearchSpace) -> dict:
@@ -348,7 +377,7 @@ def _foreign_fields(table: LatencyTable) -> list[str]:
 
 def _foreign_message(table: LatencyTable, differs: list[str]) -> str:
     here = here_fingerprint(table.device, table.threads)
-    return (f"{table.path}: table was measured on another device (differs in "
-            f"{', '.join(differs)}): table [{describe(table.fingerprint)}], this machine "
-            f"[{describe(here)}]; build a table here with `nas lut build --device "
-            f"{table.device}` or pass --allow-foreign to use it anyway")
+    differences = describe_differences(table.fingerprint, here)
+    return (f"{table.path}: table was measured on another device ({differences}); build a "
+            f"table here with `nas lut build --device {table.device}` or pass "
+            "--allow-foreign-lut to use it anyway")

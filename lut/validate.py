@@ -5,10 +5,13 @@
 networks), measures them end to end with the table's timing method, and compares three
 predictions with the measurements:
 
-    table       the calibrated prediction, ``LatencyPredictor.latency``
-    table_raw   the plain sum of rows, before calibration
-    flops       latency proportional to MACs, scaled from one reference network measured in the
-                same rounds (what one does without a table)
+    table         the table's prediction, ``LatencyPredictor.latency`` (its calibration method,
+                  chosen at build time by leave-one-out error: raw or affine)
+    table_raw     the plain sum of rows
+    table_affine  the affine calibration ``a * sum + b`` fitted at build time (reported whichever
+                  method the table chose, so the choice can be checked)
+    flops         latency proportional to MACs, scaled from one reference network measured in
+                  the same rounds (what one does without a table)
 
 For each: median and p90 of |predicted - measured| / measured, the share within 10%, and Kendall's
 tau between predicted and measured. A CSV (one line per network) and a scatter plot (PNG) are
@@ -37,7 +40,7 @@ from supernets.flops import complexity
 
 __all__ = ["METHODS", "ValidationReport", "error_metrics", "validate_table"]
 
-METHODS = ("table", "table_raw", "flops")
+METHODS = ("table", "table_raw", "table_affine", "flops")
 
 
 def error_metrics(predicted, measured) -> dict:
@@ -103,8 +106,11 @@ def _outputs(table: LatencyTable, out_dir: Path | None) -> tuple[Path, Path, Pat
 
 def validate_table(table: LatencyTable, *, samples: int = 30, seed: int = 1,
                    timing: TimingConfig | None = None, out_dir: Path | None = None,
-                   progress: bool = True) -> ValidationReport:
-    """Measure ``samples`` random networks and compare predictions; writes CSV, PNG, JSON."""
+                   progress: bool = True, probe: dict | None = None) -> ValidationReport:
+    """Measure ``samples`` random networks and compare predictions; writes CSV, PNG, JSON.
+
+    ``probe``: the speed probe's result (``ProbeResult.to_dict()``) taken just before, kept in
+    the report."""
     if samples < 2:
         raise NasError(f"--samples {samples}: expected at least 2 networks")
     predictor = LatencyPredictor(table)  # refuses an uncalibrated table, names missing rows
@@ -114,6 +120,8 @@ def validate_table(table: LatencyTable, *, samples: int = 30, seed: int = 1,
     specs = [space.sample(rng, f"validation-{i}") for i in range(samples)]
     predicted = [predictor.latency(s) for s in specs]  # fail on a missing row before measuring
     raw = [predictor.raw_latency(s) for s in specs]
+    cal = predictor.calibration
+    a, b = cal.affine if cal.affine is not None else (cal.a, cal.b)
     timing = timing or TimingConfig(**{**table.meta.get("timing", {}), "seed": seed})
     measured = measure_networks([reference, *specs], table.device, batch=table.batch,
                                 dtype=table.dtype, threads=table.threads, timing=timing,
@@ -129,6 +137,7 @@ def validate_table(table: LatencyTable, *, samples: int = 30, seed: int = 1,
         "measured_p90_ms": [t.p90_ms for t in measured],
         "table_ms": predicted,
         "table_raw_ms": raw,
+        "table_affine_ms": [a * r + b for r in raw],
         "flops_ms": [ref_t.median_ms * m / ref_macs for m in macs],
         "choices": [json.dumps(dict(s.choices)) for s in specs],
     })
@@ -139,7 +148,8 @@ def validate_table(table: LatencyTable, *, samples: int = 30, seed: int = 1,
            "choices": dict(reference.choices)}
     settings = {"table": str(table.path), "device": table.device, "batch": table.batch,
                 "dtype": table.dtype, "threads": table.threads, "clock": table.clock,
-                "seed": seed, "rounds": timing.rounds}
+                "seed": seed, "rounds": timing.rounds, "calibration_method": cal.method,
+                "calibration_loo": cal.loo, "probe": probe}
     paths = _outputs(table, out_dir)
     report = ValidationReport(df, metrics, ref, *(paths or (None, None, None)), settings)
     if paths:

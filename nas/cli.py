@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result.data, default=str))
     else:
         print(result.text)
-    return 0
+    if result.error:
+        print(f"nas: error: {result.error}", file=sys.stderr)
+    return result.code
 
 
 if __name__ == "__main__":

@@ -223,7 +223,7 @@ def test_foreign_table_is_refused_naming_both_fingerprints(built, tmp_path):
         LatencyTable.load(foreign)
     msg = str(e.value)
     assert "another device" in msg and "cpu_model" in msg and "Imaginary CPU 9000" in msg
-    assert "this machine [" in msg and "--allow-foreign" in msg
+    assert "(table) vs" in msg and "(here)" in msg and "--allow-foreign-lut" in msg
 
 
 def test_foreign_table_is_accepted_with_override(built, tmp_path):

@@ -175,13 +175,26 @@ def test_resume_from_corrupt_checkpoint(tmp_path, capsys):
     assert code == 2 and "no search checkpoint" in err
 
 
+def stand_in_probe(monkeypatch, ratio: float = 1.0, fastest_ms: float | None = None):
+    """The table is "this machine's" and its speed probe measures ``ratio``."""
+    import lut.probe
+    import lut.table
+
+    def probe(table, tolerance=lut.probe.PROBE_TOLERANCE):
+        nets = ({"role": "fastest", "name": "fastest", "stored_ms": 1.0,
+                 "measured_ms": fastest_ms or ratio, "ratio": ratio},)
+        return lut.probe.ProbeResult(str(table.path), ratio, nets, 15, 0.1, tolerance)
+
+    monkeypatch.setattr(lut.table, "_foreign_fields", lambda table: [])
+    monkeypatch.setattr(lut.probe, "probe_table", probe)
+
+
 def test_network_measuring_over_budget_is_derived_again(lut_path, bounds, space, tmp_path,
                                                          monkeypatch):
     """The table here predicts 15% fast on every network: the first derived network measures
-    over the budget, so the search derives again inside the window scaled by 1/1.15 and reports
-    the network that measured under the budget, with both checks."""
+    over the budget, the measurement feeds back (the predictor is corrected by 1.15), and the
+    network derived again with it inside the same window measures under the budget."""
     import lut.isolated
-    import lut.table
 
     predictor = LatencyPredictor(LatencyTable.load(lut_path, allow_foreign=True))
     measured = []
@@ -191,7 +204,7 @@ def test_network_measuring_over_budget_is_derived_again(lut_path, bounds, space,
         measured.append(ms)
         return {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "samples": 1}
 
-    monkeypatch.setattr(lut.table, "_foreign_fields", lambda table: [])  # "this machine's"
+    stand_in_probe(monkeypatch)
     monkeypatch.setattr(lut.isolated, "measure_network_isolated", fake_measure)
     fast, slow = bounds
     budget = fast + 0.5 * (slow - fast)
@@ -202,20 +215,24 @@ def test_network_measuring_over_budget_is_derived_again(lut_path, bounds, space,
     assert len(checks) == len(measured) == 2
     assert checks[0]["measured_ms"] > budget >= checks[1]["measured_ms"]
     assert report["measured_ms"] == checks[1]["measured_ms"] <= budget
+    assert report["verdict"] == "met"
     assert report["arch"]["choices"] == checks[1]["choices"] != checks[0]["choices"]
+    assert checks[0]["correction"] == 1.0 and checks[1]["correction"] == pytest.approx(1.15)
+    # the window never moves: the corrected predictor is what changes
+    assert checks[0]["window_ms"] == checks[1]["window_ms"]
     low, high = checks[1]["window_ms"]
-    assert high == pytest.approx(checks[0]["window_ms"][1] / 1.15)
     assert low <= report["predicted_ms"] <= high
+    assert report["predicted_ms"] == pytest.approx(report["measured_ms"])
+    assert report["latency_feedback"]["final_correction"] == pytest.approx(1.15)
 
 
 def test_ranked_network_measuring_over_budget_is_replaced_by_the_next_inside(
         lut_path, space, tmp_path, monkeypatch):
-    """With a ranking, the replacement is the best-ranked candidate inside the rescaled window:
-    here the ranking is A (0.96 x budget), C (0.70 x, outside even the rescaled window), B
-    (0.88 x); every network measures 6% over its prediction, so A fails, the window becomes
-    [0.82, 0.92] x budget and B, not C, is taken, measured and kept."""
+    """With a ranking, the replacement is the best-ranked candidate inside the window by the
+    corrected predictor: here the ranking is A (0.96 x budget), C (0.70 x), B (0.88 x); every
+    network measures 6% over its prediction, so A fails, the predictor is corrected by 1.06
+    (A 1.02, C 0.74, B 0.93 x budget) and B, not C, is taken, measured and kept."""
     import lut.isolated
-    import lut.table
     import nas.search.run as run_module
 
     predictor = LatencyPredictor(LatencyTable.load(lut_path, allow_foreign=True))
@@ -238,7 +255,7 @@ def test_ranked_network_measuring_over_budget_is_replaced_by_the_next_inside(
         ms = 1.06 * predictor.latency(spec)
         return {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "samples": 1}
 
-    monkeypatch.setattr(lut.table, "_foreign_fields", lambda table: [])
+    stand_in_probe(monkeypatch)
     monkeypatch.setattr(lut.isolated, "measure_network_isolated", fake_measure)
     monkeypatch.setattr(run_module, "rank", fake_rank)
     cfg = SearchConfig(budget_ms=budget, input_size=INPUT, epochs=1, train_samples=40,
@@ -247,3 +264,82 @@ def test_ranked_network_measuring_over_budget_is_replaced_by_the_next_inside(
     assert [ch["choices"] for ch in report["measure_checks"]] == [a.choices, b.choices]
     assert report["arch"]["choices"] == b.choices and report["measured_ms"] <= budget
     assert report["selected_by"] == "supernet ranking (rank 3 of 3)"
+
+
+def test_network_still_over_budget_after_the_checks_fails_with_one_line(
+        lut_path, bounds, tmp_path, capsys, monkeypatch):
+    """Every network measures 1.2 x the budget: after three measured networks the search
+    exits 3 with one line (measured latency, the space's fastest as measured, a budget that
+    would work), report.json carries the verdict and no arch.json is written."""
+    import lut.isolated
+
+    fast, slow = bounds
+    budget = fast + 0.5 * (slow - fast)
+    calls = []
+
+    def fake_measure(spec, device, **kw):
+        calls.append(spec.name)
+        ms = 1.2 * budget
+        return {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "samples": 1}
+
+    stand_in_probe(monkeypatch)
+    monkeypatch.setattr(lut.isolated, "measure_network_isolated", fake_measure)
+    out = tmp_path / "s"
+    code, stdout, err = run(["search", "--budget", f"{budget}ms", "--lut", str(lut_path),
+                             "--out", str(out), "--json", *TINY], capsys)
+    assert code == 3
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("nas: error: the selected network measured ")
+    assert "1.20x the" in lines[-1] and "the fastest network of cpu-small measures" in lines[-1]
+    assert "--budget " in lines[-1] and "no arch.json" in lines[-1]
+    data = json.loads(stdout)
+    report = json.loads((out / "report.json").read_text())
+    assert data["verdict"] == report["verdict"] == "over_budget"
+    assert len(report["measure_checks"]) == 3 and report["fastest_measured_ms"] > 0
+    assert report["suggested_budget_ms"] >= report["measured_ms"]
+    assert not (out / "arch.json").exists()
+
+
+def test_network_within_noise_of_the_budget_passes(lut_path, bounds, tmp_path, monkeypatch):
+    """1.00-1.05 x budget is measurement noise: reported as such, exit 0."""
+    import lut.isolated
+
+    fast, slow = bounds
+    budget = fast + 0.5 * (slow - fast)
+
+    def fake_measure(spec, device, **kw):
+        ms = 1.03 * budget
+        return {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "samples": 1}
+
+    stand_in_probe(monkeypatch)
+    monkeypatch.setattr(lut.isolated, "measure_network_isolated", fake_measure)
+    cfg = SearchConfig(budget_ms=budget, input_size=INPUT, epochs=1, train_samples=40,
+                       batch_size=8)
+    report = search(cfg, tmp_path / "s", lut=str(lut_path), progress=False)
+    assert report["verdict"] == "met_within_noise" and (tmp_path / "s" / "arch.json").exists()
+
+
+def test_probe_slower_than_the_table_puts_a_close_budget_out_of_reach(
+        lut_path, bounds, tmp_path, capsys, monkeypatch):
+    """The probe measures this machine 10% slower than the table (inside the tolerance): the
+    search predicts with that, so a budget 5% above the table's fastest network is out of
+    reach before any training, naming the fastest network as measured."""
+    fast, _ = bounds
+    stand_in_probe(monkeypatch, ratio=1.10, fastest_ms=1.10 * fast)
+    out = tmp_path / "s"
+    code, stdout, err = run(["search", "--budget", f"{1.05 * fast}ms", "--lut", str(lut_path),
+                             "--out", str(out), *TINY], capsys)
+    assert code == 2 and stdout == ""
+    line = err.strip().splitlines()[-1]
+    assert "out of reach on this device" in line
+    assert f"measures {format_ms(1.10 * fast)} here (speed probe)" in line
+    assert not out.exists()
+
+
+def test_search_refuses_a_table_of_another_device_type(lut_path, tmp_path, capsys, monkeypatch):
+    """`--device cuda` with this machine's CPU table: the budget would be a CPU latency."""
+    stand_in_probe(monkeypatch)
+    code, _, err = run(["search", "--budget", "3ms", "--lut", str(lut_path), "--device", "cuda",
+                        "--out", str(tmp_path / "s"), *TINY[:-1]], capsys)
+    assert code == 2 and "describes cpu" in err and "nas lut build --device cuda" in err
+    assert not (tmp_path / "s").exists()

@@ -6,15 +6,22 @@
 
 ``nas lut validate LUT [--samples N] [--json]`` measures N random networks end to end and
 compares the table's predictions (and a FLOPs-proportional estimate) with the measurements.
+
+``nas lut check LUT [--json]`` runs the table's speed probe alone (a few seconds): the ratio of
+its probe networks' latency now to when the table was built. Exit status 0 when it is within
+±15%, 1 when the table does not describe this machine now.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from lut.build import build, default_table_path
 from lut.device import DTYPES
 from lut.fingerprint import describe
+from lut import probe as lut_probe
+from lut.probe import PROBE_TOLERANCE, ProbeResult
 from lut.table import LatencyTable
 from lut.timing import TimingConfig
 from lut.validate import validate_table
@@ -26,7 +33,8 @@ from supernets.space import PRESETS, SPACES, get_space
 def register(sub) -> None:
     p = sub.add_parser("lut", help="device latency lookup tables (build, validate)",
                        description=__doc__)
-    lsub = p.add_subparsers(dest="lut_command", required=True, metavar="{build,validate}")
+    lsub = p.add_subparsers(dest="lut_command", required=True,
+                            metavar="{build,validate,check}")
 
     b = lsub.add_parser("build", help="measure a space's ops on this device",
                         description="Measure every candidate op of a search space on this "
@@ -66,11 +74,36 @@ def register(sub) -> None:
                    help="sampling seed (default: 1; the build calibrates with seed 0)")
     v.add_argument("--rounds", type=positive_int, metavar="N",
                    help="timing rounds per network (default: the table's)")
-    v.add_argument("--allow-foreign", action="store_true",
-                   help="accept a table whose device fingerprint differs from this machine's")
+    v.add_argument("--allow-foreign-lut", "--allow-foreign", dest="allow_foreign_lut",
+                   action="store_true",
+                   help="accept a table whose device fingerprint differs from this machine's, "
+                        "or whose speed probe is off by more than 15%%")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.set_defaults(handler=run_validate)
+
+    c = lsub.add_parser("check", help="speed probe: does the table still fit this machine?",
+                        description="Time the table's probe networks (a few seconds) and "
+                                    "compare with their latency when the table was built. Exit "
+                                    "status 0 within the tolerance, 1 outside it.")
+    c.add_argument("table", type=Path, metavar="LUT", help="table file written by nas lut build")
+    c.add_argument("--tolerance", type=_fraction, default=PROBE_TOLERANCE, metavar="F",
+                   help="largest accepted |ratio - 1| (default: %(default)s)")
+    c.add_argument("--allow-foreign-lut", action="store_true",
+                   help="probe a table whose device fingerprint differs from this machine's")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(handler=run_check)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction between 0 and 1, "
+                                         "e.g. 0.15")
+    return value
 
 
 def _timing(rounds: int | None, base: dict | None = None, **extra) -> TimingConfig | None:
@@ -104,15 +137,20 @@ def run_build(args) -> Result:
             f"  device {table.device} [{describe(table.fingerprint)}]\n"
             f"  batch {table.batch}, {table.dtype}, {table.threads} thread(s), clock "
             f"{table.clock}, {table.meta['timing'].get('rounds')} rounds\n"
-            f"  calibration: measured = {cal.a:.4f} x sum of rows {cal.b:+.4f} ms, on "
-            f"{len(cal.networks)} networks (largest residual {100 * max(residuals):.1f}%)")
+            f"  calibration: {cal.method} (measured = {cal.a:.4f} x sum of rows {cal.b:+.4f} ms), "
+            f"chosen by leave-one-out error on {len(cal.networks)} networks ("
+            + ", ".join(f"{k} {100 * v:.1f}%" for k, v in cal.loo.items())
+            + f"); largest residual {100 * max(residuals):.1f}%\n"
+            f"  speed probe: {len(table.meta['probes']['networks'])} networks, "
+            f"{table.meta['probes']['rounds']} rounds (check with: nas lut check {result.path})")
     data = {"path": str(result.path), "rows": result.rows, "measured_rows": result.measured_rows,
             "seconds": result.seconds, "build_seconds": table.meta.get("build_seconds"),
             "space": space.name, "input_size": [h, w], "device": table.device,
             "batch": table.batch, "dtype": table.dtype, "threads": table.threads,
             "clock": table.clock, "fingerprint": table.fingerprint,
-            "calibration": {"a": cal.a, "b": cal.b, "networks": len(cal.networks),
-                            "max_rel_residual": max(residuals)}}
+            "calibration": {"a": cal.a, "b": cal.b, "method": cal.method, "loo": cal.loo,
+                            "networks": len(cal.networks), "max_rel_residual": max(residuals)},
+            "probes": table.meta["probes"]}
     return Result(text, data)
 
 
@@ -120,16 +158,42 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _probe_lines(probe: ProbeResult) -> list[str]:
+    lines = [f"  speed probe: {probe.describe()}; {'fits' if probe.ok else 'does NOT fit'} "
+             f"this machine now ({len(probe.networks)} networks, {probe.rounds} rounds, "
+             f"{probe.seconds:.1f} s)"]
+    lines += [f"    {n['role'] or '':8s} {n['name']:<24s} then {n['stored_ms']:.3f} ms, now "
+              f"{n['measured_ms']:.3f} ms ({n['ratio']:.2f}x)" for n in probe.networks]
+    return lines
+
+
+def run_check(args) -> Result:
+    table = LatencyTable.load(args.table, allow_foreign=args.allow_foreign_lut)
+    probe = lut_probe.probe_table(table, tolerance=args.tolerance)
+    text = "\n".join([f"{table.path}: device {table.device} [{describe(table.fingerprint)}]",
+                      *_probe_lines(probe)])
+    error = None if probe.ok else (
+        f"{table.path} does not describe this machine now: the speed probe measured "
+        f"{probe.describe()}; rebuild it with: {table.build_command()} --no-resume")
+    return Result(text, probe.to_dict(), code=0 if probe.ok else 1, error=error)
+
+
 def run_validate(args) -> Result:
-    table = LatencyTable.load(args.table, allow_foreign=args.allow_foreign)
+    table = LatencyTable.load(args.table, allow_foreign=args.allow_foreign_lut)
+    probe = lut_probe.checked_probe(table, args.allow_foreign_lut)
     timing = _timing(args.rounds, {**table.meta.get("timing", {}), "seed": args.seed})
     report = validate_table(table, samples=args.samples, seed=args.seed, timing=timing,
-                            progress=not args.quiet)
+                            progress=not args.quiet,
+                            probe=probe.to_dict() if probe else None)
     m = report.metrics
-    cols = ("table", "table_raw", "flops")
+    cal = table.calibration
+    cols = ("table", "table_raw", "table_affine", "flops")
     lines = [f"{table.path}: {args.samples} random networks (seed {args.seed}) measured end to "
              f"end on {table.device}, clock {table.clock}, {table.threads} thread(s)",
-             f"  {'':22s}{'table':>10s}{'sum only':>10s}{'FLOPs':>10s}"]
+             *(_probe_lines(probe) if probe else ["  speed probe: skipped (--allow-foreign-lut)"]),
+             f"  calibration chosen at build: {cal.method} (leave-one-out mean error "
+             + ", ".join(f"{k} {100 * v:.1f}%" for k, v in cal.loo.items()) + ")",
+             f"  {'':22s}{'table':>10s}{'sum only':>10s}{'affine':>10s}{'FLOPs':>10s}"]
     for label, key, fmt in (("median |rel. error|", "median_abs_rel_error", _pct),
                             ("p90 |rel. error|", "p90_abs_rel_error", _pct),
                             ("within ±10%", "within_10pct", lambda x: f"{100 * x:.0f}%"),

@@ -73,11 +73,30 @@ def run(args) -> Result:
     if report.get("status") == "interrupted":
         return Result(f"search interrupted; checkpoint {report['checkpoint']}\n"
                       f"continue with: {report['resume']}", report)
+    if report.get("verdict") == "over_budget":
+        return Result(_text(report), report, code=EXIT_OVER_BUDGET, error=_over_budget(report))
     return Result(_text(report), report)
 
 
+EXIT_OVER_BUDGET = 3
+
+
+def _over_budget(r: dict) -> str:
+    space = r["arch"].get("space") or "the space"
+    fastest = r.get("fastest_measured_ms")
+    return (f"the selected network measured {format_ms(r['measured_ms'])} = "
+            f"{r['measured_over_budget']:.2f}x the {format_ms(r['budget_ms'])} budget after "
+            f"{len(r['measure_checks'])} measured network(s); the fastest network of {space} "
+            f"measures {format_ms(fastest) if fastest else '?'} here; --budget "
+            f"{format_ms(r['suggested_budget_ms'])} would be met by this network "
+            f"(no arch.json written; details in {r['out']}/report.json)")
+
+
 def _text(r: dict) -> str:
-    lines = [f"architecture: {r['out']}/arch.json  (report.json, log.jsonl, search.png beside it)",
+    over = r.get("verdict") == "over_budget"
+    lines = [f"architecture: {r['out']}/"
+             + ("report.json (over budget: no arch.json)" if over else
+                "arch.json  (report.json, log.jsonl, search.png beside it)"),
              f"budget       {format_ms(r['budget_ms'])}"
              + ("   (every architecture fits: searched for accuracy alone)" if r["accuracy_only"]
                 else f"   window {format_ms(r['window_ms'][0])} - {format_ms(r['window_ms'][1])}"),
@@ -86,12 +105,17 @@ def _text(r: dict) -> str:
              f"{len(r['changed_from_argmax'])} layers moved to fit the window)"]
     if r["measured_ms"] is not None:
         lines.append(f"measured     {format_ms(r['measured_ms'])}   "
-                     f"= {r['measured_over_budget']:.3f} x budget")
-        for c in r.get("measure_checks", [])[:-1]:
-            lines.append(f"             (derived again: a network predicted "
-                         f"{format_ms(c['predicted_ms'])} measured {format_ms(c['measured_ms'])})")
+                     f"= {r['measured_over_budget']:.3f} x budget   verdict: {r['verdict']}")
+        checks = r.get("measure_checks", [])
+        if len(checks) > 1:
+            lines += [f"             (measured network {i}: predicted "
+                      f"{format_ms(c['predicted_ms'])}, measured {format_ms(c['measured_ms'])})"
+                      for i, c in enumerate(checks, 1)]
     else:
-        lines.append("measured     - (table from another device)")
+        lines.append("measured     - (table from another device: verdict unmeasured)")
+    probe = r.get("speed_probe")
+    if probe:
+        lines.append(f"speed probe  {probe['ratio']:.2f}x the table's stored probe timings")
     if r.get("proxy_loss") is not None:
         lines.append(f"selected by  {r['selected_by']}, held-out loss {r['proxy_loss']:.3e}")
     lines.append(f"MACs {r['macs'] / 1e6:.1f} M, params {r['params'] / 1e6:.3f} M")

@@ -71,7 +71,7 @@ class ArchParameters(nn.Module):
             if mode == "softmax":
                 out[label] = self._drop(list(enumerate(a.softmax(-1))), gen, drop_path, arch_grad)
             elif mode == "gumbel":
-                u = torch.rand(a.shape, generator=gen).clamp_(1e-9, 1 - 1e-9)
+                u = torch.rand(a.shape, generator=gen).clamp_(1e-9, 1 - 1e-9).to(a.device)
                 w = ((a - (-u.log()).log()) / temperature).softmax(-1)
                 out[label] = self._drop(list(enumerate(w)), gen, drop_path, arch_grad)
             elif mode == "path":
@@ -81,10 +81,13 @@ class ArchParameters(nn.Module):
         return out
 
     def _path(self, label: str, a: Tensor, gen: torch.Generator, arch_grad: bool) -> Mix:
-        p = a.detach().softmax(-1)
+        # drawn on the CPU generator whatever the device, so a search draws the same paths on
+        # a GPU as on the CPU (and a CUDA tensor cannot be sampled with a CPU generator)
+        p = a.detach().softmax(-1).cpu()
         drawn = torch.multinomial(p, 2 if arch_grad else 1, replacement=False, generator=gen)
         if not arch_grad:
             return [(int(drawn[0]), 1.0)]
+        drawn = drawn.to(a.device)
         self._sampled[label] = drawn
         q = a[drawn].softmax(-1)
         return [(int(j), q[k]) for k, j in enumerate(drawn)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import shlex
 import sys
@@ -26,28 +27,72 @@ from supernets.space import SearchSpace, get_space
 __all__ = ["prepare", "search"]
 
 TASKS = ("pose",)
-MEASURE_CHECKS = 3   # derive-and-measure rounds before reporting a network over its budget
+MEASURE_CHECKS = 3   # networks measured at most before the verdict
+MEASURED_OK = (0.85, 1.0)  # measured / budget that ends the measured checks
+OVER_BUDGET = 1.05   # measured / budget above this: the search fails (measurement noise below)
 
 
 def _space(cfg: SearchConfig) -> SearchSpace:
     return get_space(cfg.space, input_size=cfg.input_size, num_joints=cfg.num_joints)
 
 
+def _check_device(table, cfg: SearchConfig) -> None:
+    """The budget is a latency on the table's device: train anywhere, but a table of this
+    machine must describe the device the search is run for."""
+    from lut.device import canonical_device
+
+    if table.foreign:
+        return  # another machine's table, accepted with --allow-foreign-lut: nothing measured
+    want = canonical_device(cfg.device)
+    if table.device != want:
+        raise NasError(f"--device {cfg.device}: table {table.path} describes {table.device}, so "
+                       f"its budget is a latency on {table.device}; build a table for {want} "
+                       f"(`nas lut build --device {cfg.device} --space {cfg.space}`) or search "
+                       f"with --device {table.device}")
+
+
 def _table(space: SearchSpace, cfg: SearchConfig, lut: str | None, allow_foreign: bool,
-           progress: bool):
+           progress: bool, *, probe: bool = True):
+    """The table, and its speed probe (None when not probed).
+
+    ``--lut PATH``: refused if it is another device's or its probe is off by more than 15%,
+    unless ``allow_foreign``. The default table of this device: built when missing, and built
+    again when it has no probes or its probe says it no longer describes this machine.
+    """
     import lut as lutlib
+    from lut import probe as lut_probe
 
     if lut is not None:
-        path = Path(lut)
+        table = lutlib.LatencyTable.load(lut, allow_foreign=allow_foreign)
+        _check_device(table, cfg)
+        return table, (lut_probe.checked_probe(table, allow_foreign) if probe else None)
+    path = lutlib.default_table_path(space, cfg.device)
+    reason, result = None, None
+    if not path.exists():
+        reason = f"no latency table for space {space.name} on this device at {path}"
     else:
-        path = lutlib.default_table_path(space, cfg.device)
-        if not path.exists():
-            print(f"nas: no latency table for space {space.name} on this device at {path}; "
-                  "building it now (once per device)", file=sys.stderr)
-            path = lutlib.build_table(space, cfg.device, out=path,
-                                      progress=progress)
-    table = lutlib.LatencyTable.load(path, allow_foreign=allow_foreign)
-    return table, lutlib.LatencyPredictor(table)
+        table = lutlib.LatencyTable.load(path)
+        if not probe:
+            return table, None
+        if not table.meta.get("probes"):
+            reason = f"{path} has no speed probes (built by an older version)"
+        else:
+            result = lut_probe.probe_table(table)
+            if not result.ok:
+                reason = f"{path} does not describe this machine now: its speed probe measured " \
+                         f"{result.describe()}"
+    if reason is None:
+        return table, result
+    print(f"nas: {reason}; building a table for this machine now (once per device)",
+          file=sys.stderr)
+    lutlib.build_table(space, cfg.device, out=path, progress=progress,
+                       resume=not path.exists())
+    table = lutlib.LatencyTable.load(path)
+    # just built: its probes were timed a moment ago, by the same procedure
+    nets = tuple({"role": n["role"], "name": n["name"], "stored_ms": n["stored_ms"],
+                  "measured_ms": n["stored_ms"], "ratio": 1.0}
+                 for n in table.meta["probes"]["networks"])
+    return table, lut_probe.ProbeResult(str(path), 1.0, nets, table.meta["probes"]["rounds"], 0.0)
 
 
 def _datasets(cfg: SearchConfig, space: SearchSpace):
@@ -85,30 +130,51 @@ class _Subset(torch.utils.data.Dataset):
 
 
 def prepare(cfg: SearchConfig, *, lut: str | None = None, allow_foreign_lut: bool = False,
-            progress: bool = True) -> Searcher:
-    """Everything up to the first training step; raises NasError before any output exists."""
+            progress: bool = True, resumed: bool = False) -> Searcher:
+    """Everything up to the first training step; raises NasError before any output exists.
+
+    A new search probes its table first (``lut.probe``) and predicts with the table's latency
+    times the probe's ratio for the whole run (``cfg.latency_correction``); a resumed one keeps
+    the correction it started with, so that it ends with the same architecture.
+    """
+    import lut as lutlib
+
     if cfg.task not in TASKS:
         raise NasError(f"--task {cfg.task!r}: expected one of {', '.join(TASKS)}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     space = _space(cfg)
-    table, predictor = _table(space, cfg, lut, allow_foreign_lut, progress)
+    table, probe = _table(space, cfg, lut, allow_foreign_lut, progress, probe=not resumed)
+    if probe is not None:
+        cfg.latency_correction = probe.ratio
+        print(f"nas: speed probe of {table.path}: {probe.describe()}", file=sys.stderr)
+    predictor = lutlib.LatencyPredictor(table).corrected(cfg.latency_correction)
     (_, fast_ms), (_, slow_ms) = predictor.bounds(space)
     high = cfg.window[1] * cfg.budget_ms
     if fast_ms > cfg.budget_ms:
+        h, w = space.skeleton.input_size
+        seen = (f"measures {format_ms(probe.fastest_ms)} here (speed probe)"
+                if probe is not None and probe.fastest_ms else f"takes {format_ms(fast_ms)}")
         raise NasError(
-            f"budget {format_ms(cfg.budget_ms)} is out of reach: the fastest architecture of space "
-            f"{space.name} at {space.skeleton.input_size[0]}x{space.skeleton.input_size[1]} takes "
-            f"{format_ms(fast_ms)} on this device (table {table.path}); "
-            f"use --budget {format_ms(fast_ms / cfg.window[1])} or more, or a smaller "
+            f"budget {format_ms(cfg.budget_ms)} is out of reach on this device: the fastest "
+            f"architecture of space {space.name} at {h}x{w} {seen} (table {table.path}); use "
+            f"--budget {format_ms(_round_up(fast_ms / cfg.window[1]))} or more, or a smaller "
             "space or input")
     accuracy_only = slow_ms <= high
     if accuracy_only:
         print(f"nas: every architecture of {space.name} is within the budget (slowest "
               f"{format_ms(slow_ms)}); searching for accuracy alone", file=sys.stderr)
     train_set, arch_set = _datasets(cfg, space)
-    return Searcher(cfg, space, predictor, train_set, arch_set, accuracy_only=accuracy_only,
-                    bounds_ms=(fast_ms, slow_ms))
+    searcher = Searcher(cfg, space, predictor, train_set, arch_set, accuracy_only=accuracy_only,
+                        bounds_ms=(fast_ms, slow_ms))
+    searcher.probe = probe.to_dict() if probe is not None else None
+    return searcher
+
+
+def _round_up(ms: float) -> float:
+    """A budget to suggest: ``ms`` rounded up to two significant digits (0.01 ms at least)."""
+    step = max(10 ** (math.floor(math.log10(ms)) - 1), 0.01)
+    return math.ceil(ms / step - 1e-9) * step
 
 
 def search(cfg: SearchConfig | None, out: Path, *, lut: str | None = None,
@@ -128,7 +194,10 @@ def search(cfg: SearchConfig | None, out: Path, *, lut: str | None = None,
         if epochs is not None:
             cfg.epochs = max(cfg.epochs, epochs)
         lut = lut or state.get("lut_path")
-    searcher = prepare(cfg, lut=lut, allow_foreign_lut=allow_foreign_lut, progress=progress)
+    searcher = prepare(cfg, lut=lut, allow_foreign_lut=allow_foreign_lut, progress=progress,
+                       resumed=state is not None)
+    if state is not None:
+        searcher.probe = state.get("probe")
     if state is not None:
         try:
             searcher.load_state_dict(state)
@@ -141,6 +210,81 @@ def search(cfg: SearchConfig | None, out: Path, *, lut: str | None = None,
         return {"status": "interrupted", "checkpoint": str(ckpt),
                 "resume": f"nas search --resume {out}"}
     return _finish(searcher, out)
+
+
+def _measured_checks(searcher: Searcher, probs: dict, ranked: list[dict],
+                     window: tuple[float, float] | None, name: str) -> tuple[dict, list, dict]:
+    """Measure the selected network end to end; while it misses [0.85, 1.0] x budget, feed the
+    measurements back into the predictor and select again. Returns (chosen, checks, feedback).
+
+    Every measurement updates the run's correction of the table (geometric mean of measured /
+    predicted over the networks measured so far, times the probe's correction); the next
+    network is the best-ranked candidate inside the window by the corrected predictor, or one
+    derived again with it. The window stays [0.87, 0.97] x budget: when the corrected
+    predictor's fastest network is above it, no network of the space fits and the loop stops.
+    The result is the measured network closest under the budget (the slowest of those that
+    meet it), or, if none does, the fastest measured.
+    """
+    from lut.isolated import measure_network_isolated
+
+    cfg, space, base = searcher.cfg, searcher.space, searcher.predictor
+    table = base.table
+    candidate, predictor = ranked[0], base
+    checks, measured_candidates, ratios = [], [], []
+    for attempt in range(MEASURE_CHECKS):
+        measured = measure_network_isolated(candidate["spec"], table.device, batch=table.batch,
+                                            dtype=table.dtype, threads=table.threads,
+                                            cuda_graphs=_cuda_graphs(table))
+        ms = measured["median_ms"]
+        checks.append({"arch": candidate["spec"].name, "choices": dict(candidate["spec"].choices),
+                       "source": candidate["source"],
+                       "predicted_ms": predictor.latency(candidate["spec"]), "measured_ms": ms,
+                       "correction": predictor.correction,
+                       "window_ms": list(window) if window else None})
+        measured_candidates.append({**candidate, "predicted_ms": checks[-1]["predicted_ms"],
+                                    "measured": measured})
+        ratios.append(ms / base.latency(candidate["spec"]))
+        if MEASURED_OK[0] * cfg.budget_ms <= ms <= MEASURED_OK[1] * cfg.budget_ms:
+            break
+        if window is None and ms <= cfg.budget_ms:
+            break  # searching for accuracy alone: any network under the budget will do
+        if attempt + 1 == MEASURE_CHECKS:
+            break
+        predictor = base.corrected(base.correction * float(np.exp(np.mean(np.log(ratios)))))
+        (_, fast_ms), _ = predictor.bounds(space)
+        low, high = (w * cfg.budget_ms for w in cfg.window)
+        window = (low, max(high, min(cfg.budget_ms, fast_ms)))
+        if fast_ms > window[1]:
+            break  # the space's fastest network misses the budget on this machine now
+        tried = {tuple(sorted(c["choices"].items())) for c in checks}
+        inside = [c for c in ranked if window[0] <= predictor.latency(c["spec"]) <= window[1]
+                  and tuple(sorted(c["spec"].choices.items())) not in tried]
+        if inside:
+            candidate = inside[0]
+        else:
+            again = derive(space, probs, predictor.latency, window, name=name)
+            if tuple(sorted(again.spec.choices.items())) in tried:
+                break  # the corrected predictor picks a network measured already
+            candidate = {"spec": again.spec, "predicted_ms": again.latency_ms,
+                         "source": "derived"}
+    meets = [c for c in measured_candidates if c["measured"]["median_ms"] <= cfg.budget_ms]
+    chosen = (max(meets, key=lambda c: c["measured"]["median_ms"]) if meets
+              else min(measured_candidates, key=lambda c: c["measured"]["median_ms"]))
+    feedback = {"measured_over_predicted": ratios, "final_correction": predictor.correction,
+                "probe_correction": base.correction, "window_ms": list(window) if window else None}
+    return chosen, checks, feedback
+
+
+def _cuda_graphs(table) -> bool:
+    """Whether the table timed CUDA-graph replays: its networks are then measured that way."""
+    return bool(table.meta.get("timing", {}).get("cuda_graphs"))
+
+
+def _verdict(measured_ms: float | None, budget_ms: float) -> str:
+    if measured_ms is None:
+        return "unmeasured"
+    ratio = measured_ms / budget_ms
+    return "met" if ratio <= 1.0 else "met_within_noise" if ratio <= OVER_BUDGET else "over_budget"
 
 
 def _finish(searcher: Searcher, out: Path) -> dict:
@@ -158,36 +302,22 @@ def _finish(searcher: Searcher, out: Path) -> dict:
         ranked = rank(searcher, probs, d, window, name)
     else:
         ranked = [{"spec": d.spec, "predicted_ms": d.latency_ms, "source": "derived"}]
-    chosen = ranked[0]
-    measured, checks = None, []
+    chosen, checks, feedback = ranked[0], [], None
+    measured = None
     if not getattr(table, "foreign", False):
+        chosen, checks, feedback = _measured_checks(searcher, probs, ranked, window, name)
+        measured = chosen["measured"]
+        window = tuple(feedback["window_ms"]) if feedback["window_ms"] else None
+    measured_ms = measured["median_ms"] if measured else None
+    verdict = _verdict(measured_ms, cfg.budget_ms)
+    fastest_measured = None
+    if verdict == "over_budget":
         from lut.isolated import measure_network_isolated
 
-        # The budget is a promise about the measured latency: a network measuring over the
-        # budget is replaced, with the window scaled by its own measured/predicted ratio (the
-        # table's error on that network), by the best-ranked candidate inside the new window
-        # (derived again if none is), at most MEASURE_CHECKS networks in all.
-        for attempt in range(MEASURE_CHECKS):
-            measured = measure_network_isolated(chosen["spec"], cfg.device, batch=table.batch,
-                                                dtype=table.dtype, threads=table.threads)
-            checks.append({"arch": chosen["spec"].name, "choices": dict(chosen["spec"].choices),
-                           "predicted_ms": chosen["predicted_ms"],
-                           "measured_ms": measured["median_ms"],
-                           "window_ms": list(window) if window else None})
-            if (window is None or measured["median_ms"] <= cfg.budget_ms
-                    or attempt + 1 == MEASURE_CHECKS):
-                break
-            ratio = measured["median_ms"] / chosen["predicted_ms"]
-            window = (window[0] / ratio, window[1] / ratio)
-            tried = {tuple(sorted(c["choices"].items())) for c in checks}
-            inside = [c for c in ranked if window[0] <= c["predicted_ms"] <= window[1]
-                      and tuple(sorted(c["spec"].choices.items())) not in tried]
-            if inside:
-                chosen = inside[0]
-            else:
-                again = derive(space, probs, predictor.latency, window, name=name)
-                chosen = {"spec": again.spec, "predicted_ms": again.latency_ms,
-                          "source": "derived"}
+        (fastest, _), _ = predictor.bounds(space)
+        fastest_measured = measure_network_isolated(
+            fastest, table.device, batch=table.batch, dtype=table.dtype,
+            threads=table.threads, cuda_graphs=_cuda_graphs(table))["median_ms"]
     spec = chosen["spec"]
     argmax = searcher.argmax_spec()
     changed = [lb for lb in spec.choices if spec.choices[lb] != argmax.choices[lb]]
@@ -195,12 +325,13 @@ def _finish(searcher: Searcher, out: Path) -> dict:
     c = complexity(spec)
     layers = []
     for layer in space.choice_layers():
-        name = spec.choices[layer.label]
-        layers.append({"label": layer.label, "op": name,
-                       "prob": round(float(probs[layer.label][layer.index(name)]), 4),
+        op = spec.choices[layer.label]
+        layers.append({"label": layer.label, "op": op,
+                       "prob": round(float(probs[layer.label][layer.index(op)]), 4),
                        "argmax": layer.names[int(probs[layer.label].argmax())]})
     report = {
         "arch": spec.to_dict(),
+        "verdict": verdict,
         "budget_ms": cfg.budget_ms,
         "window_ms": list(window) if window else None,
         "accuracy_only": searcher.accuracy_only,
@@ -216,11 +347,14 @@ def _finish(searcher: Searcher, out: Path) -> dict:
                      "choices": dict(c["spec"].choices)} for c in ranked]
         if cfg.rank_samples > 0 else None,
         "ranking_seconds": getattr(searcher, "rank_seconds", None),
-        "measured_ms": measured["median_ms"] if measured else None,
+        "measured_ms": measured_ms,
         "measured": measured,
-        "measured_over_budget": measured["median_ms"] / cfg.budget_ms if measured else None,
+        "measured_over_budget": measured_ms / cfg.budget_ms if measured else None,
         "measure_checks": checks,
+        "latency_feedback": feedback,
+        "fastest_measured_ms": fastest_measured,
         "space_bounds_ms": list(searcher.bounds_ms),
+        "speed_probe": getattr(searcher, "probe", None),
         "params": c.params, "macs": c.macs, "flops": c.flops,
         "layers": layers,
         "lam_trajectory": searcher.lam_trajectory,
@@ -234,7 +368,12 @@ def _finish(searcher: Searcher, out: Path) -> dict:
         "command": shlex.join(["nas", *sys.argv[1:]]) if Path(sys.argv[0]).name == "nas"
         else shlex.join(sys.argv),
     }
-    spec.save(out / "arch.json")
+    if verdict == "over_budget":
+        # no arch.json: nothing downstream may take a network over its budget for the result
+        (out / "arch.json").unlink(missing_ok=True)
+        report["suggested_budget_ms"] = _round_up(measured_ms * 1.0001)
+    else:
+        spec.save(out / "arch.json")
     write_atomic(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     plot_search(searcher.history, {layer.label: layer.names for layer in space.choice_layers()},
                 cfg.budget_ms, out / "search.png")

@@ -107,6 +107,10 @@ class SearchConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
+    # the table's predictions are multiplied by this for the whole run: set from the speed
+    # probe before training (lut.probe: this machine now / when the table was built), kept in
+    # the checkpoint so that a resumed search predicts exactly as it started
+    latency_correction: float = 1.0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -335,6 +339,7 @@ class Searcher:
             "lam_trajectory": self.lam_trajectory,
             "epoch_stats": getattr(self, "_epoch_stats", None),
             "lut_path": self.lut_path,
+            "probe": getattr(self, "probe", None),
         }
 
     def load_state_dict(self, state: dict) -> None:
