@@ -343,3 +343,13 @@ def test_search_refuses_a_table_of_another_device_type(lut_path, tmp_path, capsy
                         "--out", str(tmp_path / "s"), *TINY[:-1]], capsys)
     assert code == 2 and "describes cpu" in err and "nas lut build --device cuda" in err
     assert not (tmp_path / "s").exists()
+
+
+def test_table_of_another_space_is_refused_even_when_foreign_is_allowed(lut_path, tmp_path,
+                                                                          capsys):
+    code, out, err = run(["search", "--budget", "3ms", "--lut", str(lut_path), "--input",
+                          "96x96", "--out", str(tmp_path / "s"), *TINY[2:]], capsys)
+    assert code == 2 and out == ""
+    line = err.strip().splitlines()[-1]
+    assert "covers space cpu-small at 64x64" in line and "at 96x96" in line
+    assert not (tmp_path / "s").exists()

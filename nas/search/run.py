@@ -64,6 +64,16 @@ def _table(space: SearchSpace, cfg: SearchConfig, lut: str | None, allow_foreign
 
     if lut is not None:
         table = lutlib.LatencyTable.load(lut, allow_foreign=allow_foreign)
+        missing = table.missing(space)
+        if missing:
+            t, (h, w) = table.space, space.skeleton.input_size
+            th, tw = t.skeleton.input_size
+            raise NasError(f"--lut {lut}: the table covers space {t.name} at {th}x{tw} with "
+                           f"{t.skeleton.num_joints} joints and lacks {len(missing)} rows of the "
+                           f"search's space {space.name} at {h}x{w} with "
+                           f"{space.skeleton.num_joints} joints; pass the matching --space/"
+                           f"--input/--joints or build its table: "
+                           f"{table.build_command(space)}")
         _check_device(table, cfg)
         return table, (lut_probe.checked_probe(table, allow_foreign) if probe else None)
     path = lutlib.default_table_path(space, cfg.device)
