@@ -1,15 +1,26 @@
 """Subcommands of the ``nas`` CLI; each module exposes ``register(subparsers)``.
 
-A handler takes the parsed arguments and returns a ``Result``: the text a person reads and the
-object that ``--json`` prints.
+A handler takes the parsed arguments and returns a ``Result``: the text a person reads, the
+object that ``--json`` prints and the exit status. A run stopped by Ctrl-C returns status
+``INTERRUPTED``: its text (how to resume) goes to stderr, and ``--json`` still prints its object.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+INTERRUPTED = 130  # the shell's status for a process ended by SIGINT (128 + 2)
+
 
 @dataclass
 class Result:
     text: str
     data: dict = field(default_factory=dict)
+    status: int = 0
+
+
+def given_flags(args, names) -> list[str]:
+    """The flags among ``names`` (dests) given on the command line: their defaults must be None
+    (store_true flags: False), so that a value equal to the default still counts as given."""
+    return ["--" + name.replace("_", "-") for name in names
+            if getattr(args, name) is not None and getattr(args, name) is not False]
