@@ -41,8 +41,8 @@ from supernets.fileio import write_atomic
 from supernets.space import SPACES, SearchSpace
 from supernets.spec import Skeleton, Stage
 
-__all__ = ["COLUMNS", "SCHEMA", "Calibration", "LatencyTable", "space_from_dict",
-           "space_to_dict"]
+__all__ = ["COLUMNS", "SCHEMA", "Calibration", "LatencyTable", "foreign_message",
+           "space_from_dict", "space_to_dict"]
 
 SCHEMA = "nas.lut/1"
 META_KEY = b"nas.lut"
@@ -246,7 +246,9 @@ class LatencyTable:
         table = cls(rows, meta, path)
         differs = _foreign_fields(table)
         if differs and not allow_foreign:
-            raise NasError(_foreign_message(table, differs))
+            raise NasError(_foreign_message(
+                table, differs, f"build a table here with `nas lut build --device "
+                                f"{table.device}` or pass --allow-foreign-lut to use it anyway"))
         table.foreign = bool(differs)
         return table
 
@@ -346,9 +348,15 @@ def _foreign_fields(table: LatencyTable) -> list[str]:
     return foreign_fields(table.fingerprint, here_fingerprint(table.device, table.threads))
 
 
-def _foreign_message(table: LatencyTable, differs: list[str]) -> str:
+def foreign_message(table: LatencyTable, remedy: str) -> str | None:
+    """Why ``table`` is another device's, naming both fingerprints, then ``remedy`` (what the
+    command at hand lets the user do about it); None for a table of this machine."""
+    differs = _foreign_fields(table)
+    return _foreign_message(table, differs, remedy) if differs else None
+
+
+def _foreign_message(table: LatencyTable, differs: list[str], remedy: str) -> str:
     here = here_fingerprint(table.device, table.threads)
     return (f"{table.path}: table was measured on another device (differs in "
             f"{', '.join(differs)}): table [{describe(table.fingerprint)}], this machine "
-            f"[{describe(here)}]; build a table here with `nas lut build --device "
-            f"{table.device}` or pass --allow-foreign to use it anyway")
+            f"[{describe(here)}]; {remedy}")

@@ -4,12 +4,14 @@
 [--threads N] [--out PATH] [--json]`` measures every candidate op of the space on this device
 (resuming a killed build) and calibrates the table on whole networks.
 
-``nas lut validate LUT [--samples N] [--json]`` measures N random networks end to end and
-compares the table's predictions (and a FLOPs-proportional estimate) with the measurements.
+``nas lut validate LUT [--samples N] [--allow-foreign-lut] [--json]`` measures N random networks
+end to end and compares the table's predictions (and a FLOPs-proportional estimate) with the
+measurements.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from lut.build import build, default_table_path
@@ -18,7 +20,7 @@ from lut.fingerprint import describe
 from lut.table import LatencyTable
 from lut.timing import TimingConfig
 from lut.validate import validate_table
-from nas.argtypes import input_size, positive_int
+from nas.argtypes import input_size, non_negative_int, positive_int
 from nas.commands import Result
 from supernets.space import PRESETS, SPACES, get_space
 
@@ -62,12 +64,15 @@ def register(sub) -> None:
     v.add_argument("table", type=Path, metavar="LUT", help="table file written by nas lut build")
     v.add_argument("--samples", type=positive_int, default=30, metavar="N",
                    help="random networks (default: 30)")
-    v.add_argument("--seed", type=int, default=1,
+    v.add_argument("--seed", type=non_negative_int, default=1,
                    help="sampling seed (default: 1; the build calibrates with seed 0)")
     v.add_argument("--rounds", type=positive_int, metavar="N",
                    help="timing rounds per network (default: the table's)")
-    v.add_argument("--allow-foreign", action="store_true",
+    v.add_argument("--allow-foreign-lut", action="store_true",
                    help="accept a table whose device fingerprint differs from this machine's")
+    # the flag's old name, before every command spelled it as nas search does
+    v.add_argument("--allow-foreign", dest="allow_foreign_lut", action="store_true",
+                   help=argparse.SUPPRESS)
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.set_defaults(handler=run_validate)
@@ -121,7 +126,7 @@ def _pct(x: float) -> str:
 
 
 def run_validate(args) -> Result:
-    table = LatencyTable.load(args.table, allow_foreign=args.allow_foreign)
+    table = LatencyTable.load(args.table, allow_foreign=args.allow_foreign_lut)
     timing = _timing(args.rounds, {**table.meta.get("timing", {}), "seed": args.seed})
     report = validate_table(table, samples=args.samples, seed=args.seed, timing=timing,
                             progress=not args.quiet)
