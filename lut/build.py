@@ -4,12 +4,15 @@
 op with ``supernets.ops.build_op`` (the factory the networks use) and times it on a random input
 of its shape with ``lut.timing.measure``. Rows are measured in chunks, interleaved within a chunk,
 in a seeded random order; the table is saved atomically after each chunk, so a killed build
-resumes with the missing rows only. Chunks are large (all 128 rows of cpu-small are one): a
-slow spell of the shared machine then lands on every row alike, which the calibration absorbs,
-where with 32-row chunks it inflated one chunk's rows by up to 50% (measured).
+resumes with the missing rows only. Chunks are cut by time: each holds as many rows as take
+about ``SAVE_SECONDS`` to measure (from the time per row so far; ``MIN_CHUNK_ROWS`` at least,
+``CHUNK_ROWS`` at most), so a killed build loses a few seconds of measuring, not minutes. The
+trade-off: a slow spell of a shared machine longer than a chunk lands on that chunk's rows
+only, which the calibration cannot absorb (with 32-row chunks it inflated one chunk's rows by
+up to 50%, measured), where one chunk of every row would spread it over all of them alike.
 A file lock beside the table (``.<name>.lock``) makes a second builder on the same file wait
 and then resume (finding nothing left to measure) instead of measuring on a busy machine and
-racing on the file.
+racing on the file. The lock file is removed when a build ends (see ``_build_lock``).
 
 Calibration: a few whole networks (the space's largest, its fastest by the table and random
 samples drawn with ``seed``) are measured end to end with the same timing method. Two models are
@@ -21,10 +24,11 @@ networks and timed, so that later users of the table can check it still fits the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +41,10 @@ from lut.device import canonical_device, default_threads, parse_device, parse_dt
 from lut.fingerprint import device_slug, fingerprint, gpu_state
 from lut.keys import RowShape, space_rows
 from lut.probe import record_probes
-from lut.table import Calibration, LatencyTable, space_to_dict
+from lut.table import Calibration, LatencyTable, foreign_message, space_to_dict
 from lut.timing import Timing, TimingConfig, measure, resolve_clock
 from supernets.errors import NasError
+from supernets.fileio import check_writable_dir
 from supernets.model import PoseNet
 from supernets.ops import build_op
 from supernets.space import SearchSpace
@@ -48,7 +53,9 @@ from supernets.spec import ArchSpec
 __all__ = ["BuildResult", "build", "build_table", "calibrate", "choose_calibration",
            "default_table_path", "loo_errors", "measure_network", "measure_networks"]
 
-CHUNK_ROWS = 256  # the unit of resume (see the module docstring)
+CHUNK_ROWS = 256      # rows measured together (interleaved), at most; see the module docstring
+MIN_CHUNK_ROWS = 16   # ... and at least, so that interleaving still spreads a burst of load
+SAVE_SECONDS = 5.0    # measuring time between two saves of the partial table, about
 CALIBRATION_NETWORKS = 8
 
 
@@ -218,7 +225,10 @@ def _open_or_create(out: Path, space: SearchSpace, dev: torch.device, device: st
                                timing=timing.to_dict(), path=out)
     if not (resume and out.exists()):
         return fresh
-    existing = LatencyTable.load(out)  # refuses a corrupt or foreign file: never overwrite it
+    existing = LatencyTable.load(out, allow_foreign=True)  # refuses a corrupt file
+    if existing.foreign:  # never resume (nor overwrite) another device's measurements
+        raise NasError(foreign_message(existing, "choose another --out, or pass --no-resume to "
+                                                 "measure it again on this device"))
     if existing.settings() != fresh.settings():
         want, have = fresh.settings(), existing.settings()
         diff = ", ".join(f"{k} {have[k] if k != 'space' else have[k]['name']!r} here vs "
@@ -242,23 +252,25 @@ def build_table(space: SearchSpace, device: str = "cpu", *, batch: int = 1, dtyp
                 threads: int | None = None, out: Path | None = None, progress: bool = True,
                 resume: bool = True, timing: TimingConfig | None = None,
                 chunk_rows: int = CHUNK_ROWS, calibration_networks: int = CALIBRATION_NETWORKS,
-                seed: int = 0, lock_timeout: float = -1) -> Path:
+                seed: int = 0, lock_timeout: float = -1,
+                save_seconds: float = SAVE_SECONDS) -> Path:
     """Measure (or complete) ``space``'s table on ``device`` and calibrate it; returns its path.
 
     ``resume=False`` measures every row again; ``lock_timeout``: seconds to wait for another
-    builder of the same file (-1: as long as it takes).
+    builder of the same file (-1: as long as it takes); ``save_seconds``: measuring time between
+    two saves of the partial table, about (chunks of ``MIN_CHUNK_ROWS`` to ``chunk_rows``).
     """
     return build(space, device, batch=batch, dtype=dtype, threads=threads, out=out,
                  progress=progress, resume=resume, timing=timing, chunk_rows=chunk_rows,
                  calibration_networks=calibration_networks, seed=seed,
-                 lock_timeout=lock_timeout).path
+                 lock_timeout=lock_timeout, save_seconds=save_seconds).path
 
 
 def build(space: SearchSpace, device: str = "cpu", *, batch: int = 1, dtype: str = "fp32",
           threads: int | None = None, out: Path | None = None, progress: bool = True,
           resume: bool = True, timing: TimingConfig | None = None, chunk_rows: int = CHUNK_ROWS,
           calibration_networks: int = CALIBRATION_NETWORKS, seed: int = 0,
-          lock_timeout: float = -1) -> BuildResult:
+          lock_timeout: float = -1, save_seconds: float = SAVE_SECONDS) -> BuildResult:
     """``build_table`` that also says what it did."""
     dev, _ = parse_device(device), parse_dtype(dtype)
     if batch < 1:
@@ -270,30 +282,83 @@ def build(space: SearchSpace, device: str = "cpu", *, batch: int = 1, dtype: str
                                                                 threads=threads)
     if out.suffix != ".parquet":
         raise NasError(f"--out {out}: expected a .parquet file")
+    if out.is_dir():
+        raise NasError(f"--out {out}: is a directory, expected a table file (.parquet)")
+    check_writable_dir(out.parent, f"--out {out}: its folder")  # before measuring anything
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(out.parent / f".{out.name}.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        print(f"nas: {out} is being built by another process; waiting for it", file=sys.stderr)
-        try:
-            lock.acquire(timeout=lock_timeout)
-        except Timeout:
-            raise NasError(f"{out}: another build holds {lock.lock_file} "
-                           f"(waited {lock_timeout:g} s)") from None
-    try:
+    with _build_lock(out, lock_timeout):
         return _build_locked(space, dev, canonical_device(device), batch=batch, dtype=dtype,
                              threads=threads, clock=clock, out=out, progress=progress,
                              resume=resume, timing=timing, chunk_rows=chunk_rows,
-                             calibration_networks=calibration_networks, seed=seed)
+                             calibration_networks=calibration_networks, seed=seed,
+                             save_seconds=save_seconds)
+
+
+@contextlib.contextmanager
+def _build_lock(out: Path, timeout: float) -> Iterator[None]:
+    """Held while ``out`` is built: a second builder of the same file waits, then resumes.
+
+    The lock file is removed at the end, while still locked. A builder that was waiting may
+    then hold a lock on the removed file while a newcomer creates and locks a new one, so every
+    builder checks, once it holds the lock, that the path still names the file it locked, and
+    locks again if not (recent filelock versions do this check themselves as well).
+    """
+    lock = FileLock(str(out.parent / f".{out.name}.lock"))
+    deadline = None if timeout < 0 else time.monotonic() + timeout
+    waiting = False
+    while True:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if not waiting:
+                print(f"nas: {out} is being built by another process; waiting for it",
+                      file=sys.stderr)
+                waiting = True
+            left = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                lock.acquire(timeout=left)
+            except Timeout:
+                raise NasError(f"{out}: another build holds {lock.lock_file} "
+                               f"(waited {timeout:g} s)") from None
+        if _locks_current_file(lock) is not False:
+            break
+        lock.release()  # the file we locked was removed by the builder before us
+    try:
+        yield
     finally:
-        lock.release()
+        try:
+            if _locks_current_file(lock):  # never remove a lock file this process does not hold
+                Path(lock.lock_file).unlink(missing_ok=True)
+        finally:
+            lock.release()
+
+
+def _locks_current_file(lock: FileLock) -> bool | None:
+    """Whether ``lock``'s path still names the file it holds locked; None if filelock does not
+    expose the file (then the lock file is left in place)."""
+    fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+    if fd is None:
+        return None
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(lock.lock_file))
+    except FileNotFoundError:
+        return False
+
+
+def _chunk_size(rows_done: int, seconds_done: float, chunk_rows: int,
+                save_seconds: float) -> int:
+    """Rows for the next chunk: about ``save_seconds`` of measuring at the time per row so far,
+    within ``MIN_CHUNK_ROWS`` and ``chunk_rows`` (the first chunk is ``MIN_CHUNK_ROWS``)."""
+    low = min(MIN_CHUNK_ROWS, chunk_rows)
+    if rows_done == 0 or seconds_done <= 0:
+        return low
+    return max(low, min(chunk_rows, int(save_seconds * rows_done / seconds_done)))
 
 
 def _build_locked(space: SearchSpace, dev: torch.device, device: str, *, batch: int, dtype: str,
                   threads: int, clock: str, out: Path, progress: bool, resume: bool,
                   timing: TimingConfig, chunk_rows: int, calibration_networks: int,
-                  seed: int) -> BuildResult:
+                  seed: int, save_seconds: float) -> BuildResult:
     started = time.perf_counter()
     table = _open_or_create(out, space, dev, device, batch, dtype, threads, clock, timing, resume)
     prior_seconds = float(table.meta.get("build_seconds", 0.0))  # a resumed build's earlier time
@@ -312,8 +377,10 @@ def _build_locked(space: SearchSpace, dev: torch.device, device: str, *, batch: 
               disable=not progress or not missing, file=sys.stderr,
               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} rows "
                          "[{elapsed}<{remaining}]") as bar, runtime(dev, threads) as settings:
-        for start in range(0, len(missing), chunk_rows):
-            chunk = missing[start:start + chunk_rows]
+        done, measuring = 0, 0.0
+        while done < len(missing):
+            chunk_started = time.perf_counter()
+            chunk = missing[done:done + _chunk_size(done, measuring, chunk_rows, save_seconds)]
             calls = {row.key: _op_call(row, dev, dt, batch, gen) for row in chunk}
             timings = measure(calls, dev, timing, clock=clock,
                               on_round=lambda n: bar.update(n / timing.rounds))
@@ -321,6 +388,8 @@ def _build_locked(space: SearchSpace, dev: torch.device, device: str, *, batch: 
             table = table.with_meta(runtime=settings, calibration=None,
                                     build_seconds=seconds())
             table.save(out)
+            done += len(chunk)
+            measuring += time.perf_counter() - chunk_started
     if missing or table.calibration is None or not table.meta.get("probes"):
         calibration = _fit_calibration(table, space, networks=calibration_networks, seed=seed,
                                        timing=timing, progress=progress)

@@ -48,6 +48,7 @@ from supernets.space import SPACES, SearchSpace
 from supernets.spec import Skeleton, Stage
 
 __all__ = ["CALIBRATION_METHODS", "COLUMNS", "SCHEMA", "Calibration", "LatencyTable",
+           "foreign_message",
            "space_from_dict", "space_to_dict"]
 
 SCHEMA = "nas.lut/1"
@@ -275,7 +276,9 @@ class LatencyTable:
         table = cls(rows, meta, path)
         differs = _foreign_fields(table)
         if differs and not allow_foreign:
-            raise NasError(_foreign_message(table, differs))
+            raise NasError(_foreign_message(
+                table, differs, f"build a table here with `nas lut build --device "
+                                f"{table.device}` or pass --allow-foreign-lut to use it anyway"))
         table.foreign = bool(differs)
         return table
 
@@ -375,9 +378,14 @@ def _foreign_fields(table: LatencyTable) -> list[str]:
     return foreign_fields(table.fingerprint, here_fingerprint(table.device, table.threads))
 
 
-def _foreign_message(table: LatencyTable, differs: list[str]) -> str:
+def foreign_message(table: LatencyTable, remedy: str) -> str | None:
+    """Why ``table`` is another device's, naming both fingerprints, then ``remedy`` (what the
+    command at hand lets the user do about it); None for a table of this machine."""
+    differs = _foreign_fields(table)
+    return _foreign_message(table, differs, remedy) if differs else None
+
+
+def _foreign_message(table: LatencyTable, differs: list[str], remedy: str) -> str:
     here = here_fingerprint(table.device, table.threads)
     differences = describe_differences(table.fingerprint, here)
-    return (f"{table.path}: table was measured on another device ({differences}); build a "
-            f"table here with `nas lut build --device {table.device}` or pass "
-            "--allow-foreign-lut to use it anyway")
+    return f"{table.path}: table was measured on another device ({differences}); {remedy}"

@@ -35,7 +35,7 @@ from lut.predictor import LatencyPredictor
 from lut.table import LatencyTable
 from lut.timing import TimingConfig
 from supernets.errors import NasError
-from supernets.fileio import write_atomic
+from supernets.fileio import check_writable_dir, write_atomic
 from supernets.flops import complexity
 
 __all__ = ["METHODS", "ValidationReport", "error_metrics", "validate_table"]
@@ -119,6 +119,12 @@ def validate_table(table: LatencyTable, *, samples: int = 30, seed: int = 1,
     reference = space.sample(rng, "flops-reference")
     specs = [space.sample(rng, f"validation-{i}") for i in range(samples)]
     predicted = [predictor.latency(s) for s in specs]  # fail on a missing row before measuring
+    paths = _outputs(table, out_dir)
+    if paths:  # and on a folder the results cannot be written to
+        check_writable_dir(paths[0].parent, f"{table.where()}: the validation files go to")
+        for path in paths:
+            if path.is_dir():
+                raise NasError(f"{path}: is a directory, where the validation writes a file")
     raw = [predictor.raw_latency(s) for s in specs]
     cal = predictor.calibration
     a, b = cal.affine if cal.affine is not None else (cal.a, cal.b)
@@ -150,7 +156,6 @@ def validate_table(table: LatencyTable, *, samples: int = 30, seed: int = 1,
                 "dtype": table.dtype, "threads": table.threads, "clock": table.clock,
                 "seed": seed, "rounds": timing.rounds, "calibration_method": cal.method,
                 "calibration_loo": cal.loo, "probe": probe}
-    paths = _outputs(table, out_dir)
     report = ValidationReport(df, metrics, ref, *(paths or (None, None, None)), settings)
     if paths:
         csv_path, png_path, json_path = paths

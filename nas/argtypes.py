@@ -1,11 +1,17 @@
-"""Parsers for command-line values; each raises ``argparse.ArgumentTypeError`` with the value."""
+"""Parsers for command-line values; each raises ``argparse.ArgumentTypeError`` with the value.
+
+They refuse what the config dataclasses (``SearchConfig``, ``TrainConfig``) refuse too, so bad
+input stops at the command line with argparse's message, and in Python with a ``NasError``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
-__all__ = ["input_size", "positive_int"]
+__all__ = ["finite_float", "input_size", "log_base", "non_negative_int", "positive_float",
+           "positive_int"]
 
 
 def input_size(text: str) -> tuple[int, int]:
@@ -17,12 +23,54 @@ def input_size(text: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
+def _int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
 def positive_int(text: str) -> int:
     """``'14'`` -> ``14``; zero, negatives and non-integers are refused."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
+    value = _int(text)
+    if value is None or value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """``'0'`` -> ``0``; negatives and non-integers are refused."""
+    value = _int(text)
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer, 0 or more")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """``'-0.5'`` -> ``-0.5``; nan, inf and non-numbers are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """``'1e-3'`` -> ``0.001``; zero, negatives, nan and inf are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive, finite number")
+    return value
+
+
+def log_base(text: str) -> float:
+    """A logarithm's base: positive, finite and not 1 (``log(1)`` is 0: a division by zero)."""
+    value = positive_float(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number other than 1")
     return value

@@ -31,6 +31,7 @@ from torch import nn
 
 from nas.checkpoint import load_model_checkpoint, save_model_checkpoint
 from supernets.errors import NasError
+from supernets.fileio import check_writable_dir, file_mode
 from supernets.spec import ArchSpec
 
 __all__ = ["FORMATS", "TOLERANCE", "export_model"]
@@ -56,6 +57,7 @@ def export_model(spec: ArchSpec, model: nn.Module, fmt: str, out: str | os.PathL
     out = Path(out)
     if out.is_dir():
         raise NasError(f"{out}: is a directory, expected an output file path")
+    check_writable_dir(out.parent, f"--out {out}: its folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     # A private CPU copy in eval mode: the caller's model keeps its device and mode.
     model = copy.deepcopy(model).cpu().eval()
@@ -78,6 +80,7 @@ def export_model(spec: ArchSpec, model: nn.Module, fmt: str, out: str | os.PathL
             if not passed:
                 raise NasError(f"{out}: {fmt} export check failed: max abs difference from "
                                f"PyTorch {diff:.3g} > {TOLERANCE:g}; nothing written")
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

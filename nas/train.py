@@ -40,10 +40,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from nas.checkpoint import layers_difference, save_model_checkpoint
+from nas.checks import check_float, check_int
 from nas.interrupt import stop_on_sigint
 from nas.pose import VALIDATION_SPLIT, dataset_kind, evaluate_model, heatmap_loss, make_dataset
 from supernets.errors import NasError
-from supernets.fileio import write_atomic
+from supernets.fileio import check_writable_dir, write_atomic
 from supernets.model import PoseNet
 from supernets.spec import ArchSpec
 
@@ -51,6 +52,7 @@ __all__ = ["RESUME_FORMAT", "TASKS", "TrainConfig", "Trainer", "learning_rate", 
 
 RESUME_FORMAT = "nas.train/1"
 TASKS = ("pose",)
+RUN_FILES = ("resume.pt", "last.pt", "best.pt", "log.jsonl", "metrics.json")  # what a run writes
 
 
 @dataclass
@@ -81,16 +83,16 @@ class TrainConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise NasError(f"--task {self.task!r}: expected one of {', '.join(TASKS)}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise NasError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected a "
-                               "positive integer")
-        if self.limit is not None and self.limit < 1:
-            raise NasError(f"--limit {self.limit}: expected a positive integer")
-        if self.threads is not None and self.threads < 1:
-            raise NasError(f"--threads {self.threads}: expected a positive integer")
-        if self.workers < 0:
-            raise NasError(f"--workers {self.workers}: expected 0 or more")
+        for name in ("epochs", "batch_size", "synthetic_train", "synthetic_val"):
+            check_int(name, getattr(self, name))
+        for name in ("limit", "threads"):
+            check_int(name, getattr(self, name), optional=True)
+        for name in ("workers", "seed"):
+            check_int(name, getattr(self, name), minimum=0)
+        # sigma 0 divides by zero in the Gaussian targets (NaN peaks, numpy warnings)
+        for name in ("lr", "sigma", "decay_factor"):
+            check_float(name, getattr(self, name), positive=True)
+        check_float("weight_decay", self.weight_decay, non_negative=True)
         self.decay_at = tuple(self.decay_at)
 
     @property
@@ -279,10 +281,13 @@ def _load_resume(out: Path) -> dict:
 
 def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
           epochs: int | None = None, arch: ArchSpec | None = None, workers: int | None = None,
-          progress: bool = True, on_step: Callable[[Trainer], None] | None = None) -> dict:
+          progress: bool = True, force: bool = False,
+          on_step: Callable[[Trainer], None] | None = None) -> dict:
     """Train into ``out``, or resume the run there (its config; ``epochs`` may extend it,
-    ``arch`` must match it). Every input is checked before anything is written. Returns the
-    final report, or ``{"status": "interrupted", ...}``."""
+    ``arch`` must match it). A new run refuses an ``out`` holding another run's files unless
+    ``force``, which deletes them (``RUN_FILES`` only) once every input has been checked.
+    Every input is checked before anything is written. Returns the final report, or
+    ``{"status": "interrupted", ...}``."""
     out = Path(out)
     state = None
     if resume:
@@ -301,15 +306,22 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
             cfg.epochs = max(cfg.epochs, epochs)
         if workers is not None:
             cfg.workers = workers
-    elif (out / "resume.pt").exists():
-        raise NasError(f"{out}: already holds a training run; continue it with --resume {out} "
-                       "or choose another --out")
+    else:
+        held = [name for name in RUN_FILES if (out / name).exists()]
+        if held and not force:
+            raise NasError(f"{out}: already holds a training run ({', '.join(held)}); continue "
+                           f"it with --resume {out}, choose another --out, or pass --force to "
+                           "replace it")
+    check_writable_dir(out, "--resume" if resume else "--out")  # before loading any data
     trainer = Trainer(cfg)
     if state is not None:
         try:
             trainer.load_state_dict(state)
         except (KeyError, RuntimeError, ValueError) as e:
             raise NasError(f"{out / 'resume.pt'}: does not match this run ({e})") from None
+    elif force:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     if not trainer.run(out, progress=progress, on_step=on_step):
         return {"status": "interrupted", "out": str(out), "epoch": trainer.epoch,

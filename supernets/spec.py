@@ -272,9 +272,14 @@ class ArchSpec:
     @classmethod
     def load(cls, path: str | os.PathLike) -> ArchSpec:
         try:
-            text = Path(path).read_text()
+            data = Path(path).read_bytes()
         except OSError as e:
             raise NasError(f"{path}: cannot read arch spec ({e.strerror})") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise NasError(f"{path}: not an arch spec, expected UTF-8 JSON (byte "
+                           f"{data[e.start]:#04x} at offset {e.start} is not UTF-8)") from None
         return cls.from_json(text, str(path))
 
     def with_input(self, input_size: tuple[int, int] | None = None,

@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import stat
 
 import numpy as np
 import onnx
@@ -14,6 +15,7 @@ from nas.checkpoint import FORMAT, load_model_checkpoint, save_model_checkpoint
 from nas.cli import main
 from nas.export import FORMATS, export_model
 from supernets.errors import NasError
+from supernets.fileio import file_mode
 from supernets.model import PoseNet
 from supernets.space import get_space
 
@@ -223,6 +225,7 @@ def test_export_round_trip(tmp_path, spec, model, fmt):
     assert report["format"] == fmt
     assert report["path"] == str(out)
     assert report["bytes"] == out.stat().st_size > 0
+    assert stat.S_IMODE(out.stat().st_mode) == file_mode()  # as any new file, not mkstemp's 0600
     assert report["input_size"] == list(HW)
     check = report["check"]
     assert check["passed"] and check["max_abs_diff"] <= check["tolerance"] == 1e-4
@@ -393,6 +396,13 @@ def test_cli_out_is_a_directory(tmp_path, arch_json, capsys):
                           [str(arch_json), "--format", "pytorch",
                            "--out", str(tmp_path / "exports")],
                           "exports", "is a directory")
+
+
+def test_cli_out_in_a_folder_that_cannot_be_made(tmp_path, arch_json, capsys):
+    _assert_fails_cleanly(tmp_path, capsys,
+                          [str(arch_json), "--format", "onnx",
+                           "--out", str(tmp_path / "arch.json" / "net.onnx")],
+                          "arch.json", "is not a directory")
 
 
 def test_cli_unknown_format_is_a_usage_error(tmp_path, arch_json, capsys):

@@ -100,10 +100,42 @@ def test_validate_foreign_table(table_path, tmp_path, capsys):
     table.meta["fingerprint"] = {**table.fingerprint, "cores": 4096}
     foreign = tmp_path / "foreign.parquet"
     LatencyTable(table.rows, table.meta).save(foreign)
-    assert "another device" in error_of(capsys, ["lut", "validate", str(foreign), "--quiet"])
-    code, _ = run_json(capsys, ["lut", "validate", str(foreign), "--allow-foreign-lut",
-                                "--samples", "2", "--rounds", "1", "--quiet", "--json"])
-    assert code == 0
+    message = error_of(capsys, ["lut", "validate", str(foreign), "--quiet"])
+    assert "another device" in message and "pass --allow-foreign-lut" in message
+    for flag in ("--allow-foreign-lut", "--allow-foreign"):  # the old name still works
+        code, _ = run_json(capsys, ["lut", "validate", str(foreign), flag,
+                                    "--samples", "2", "--rounds", "1", "--quiet", "--json"])
+        assert code == 0
+
+
+def test_validate_help_names_one_flag_for_foreign_tables(capsys):
+    with pytest.raises(SystemExit):
+        main(["lut", "validate", "--help"])
+    text = capsys.readouterr().out
+    assert "--allow-foreign-lut" in text and "--allow-foreign " not in text
+
+
+def test_validate_checks_it_can_write_before_measuring(table_path, tmp_path, capsys,
+                                                       monkeypatch):
+    """The validation files go beside the table: a folder that takes no files is refused at
+    once, not after minutes of measuring."""
+    import errno
+    import tempfile
+
+    import lut.validate
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    def never(*args, **kwargs):
+        raise AssertionError("measured before checking the output folder")
+
+    copy = tmp_path / "copy.parquet"
+    copy.write_bytes(table_path.read_bytes())
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(lut.validate, "measure_networks", never)
+    message = error_of(capsys, ["lut", "validate", str(copy), "--samples", "2", "--quiet"])
+    assert str(copy) in message and "cannot create files in it (Read-only file system)" in message
 
 
 def test_validate_too_few_samples(table_path, capsys):
@@ -115,3 +147,22 @@ def test_build_unknown_device(tmp_path, capsys):
     assert "unknown device 'tpu'" in error_of(
         capsys, ["lut", "build", "--device", "tpu", "--out", str(tmp_path / "t.parquet")])
     assert not list(tmp_path.iterdir())
+
+
+def test_build_out_under_a_file(tmp_path, capsys):
+    (tmp_path / "notes").write_text("")
+    message = error_of(capsys, ["lut", "build", "--out", str(tmp_path / "notes" / "t.parquet"),
+                                "--quiet"])
+    assert "notes" in message and "is not a directory" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
+
+
+@pytest.mark.parametrize("argv", [["build", "--batch", "0"], ["build", "--threads", "-1"],
+                                  ["validate", "t.parquet", "--seed", "-1"],
+                                  ["validate", "t.parquet", "--samples", "0"]])
+def test_bad_numbers_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["lut", *argv])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("nas: error: argument ") and f"(see nas lut {argv[0]} --help)" in err

@@ -2,6 +2,8 @@
 
 import math
 import re
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -111,10 +113,96 @@ def test_killed_build_resumes_from_saved_chunks(tmp_path, monkeypatch):
         fast_build(out, chunk_rows=5)
     saved = LatencyTable.load(out)  # whole and readable: the first chunk only
     assert len(saved) == 5 and saved.calibration is None
+    assert not (tmp_path / ".killed.parquet.lock").exists()  # an interrupted build cleans up too
     monkeypatch.setattr(lut.build, "measure", measure)
     result = fast_build(out, chunk_rows=5)
     assert result.measured_rows == len(space_rows(tiny_space())) - 5
     assert LatencyTable.load(out).calibration is not None
+
+
+def test_partial_table_is_saved_every_few_seconds_of_measuring(tmp_path, monkeypatch):
+    """Chunks are cut by time, not only by CHUNK_ROWS: with rows taking 50 ms each and a save
+    every 0.3 s, a build killed in its third chunk keeps the two chunks before it, the second
+    one sized by the time per row of the first."""
+    out = tmp_path / "slow.parquet"
+    sizes = []
+
+    def slow_rows(fns, *args, **kwargs):
+        rows = [k for k in fns if "|" in k]
+        if rows:
+            sizes.append(len(rows))
+            if len(sizes) == 3:
+                raise KeyboardInterrupt
+            time.sleep(0.05 * len(rows))
+        return measure(fns, *args, **kwargs)
+
+    monkeypatch.setattr(lut.build, "measure", slow_rows)
+    monkeypatch.setattr(lut.build, "MIN_CHUNK_ROWS", 2)
+    with pytest.raises(KeyboardInterrupt):
+        fast_build(out, save_seconds=0.3)  # chunk_rows: the default, more than the space's rows
+    assert sizes[0] == 2 and 2 <= sizes[1] <= 0.3 / 0.05
+    assert len(LatencyTable.load(out)) == sizes[0] + sizes[1]
+
+
+def test_chunk_size_follows_the_time_per_row():
+    assert lut.build._chunk_size(0, 0.0, 256, 5.0) == lut.build.MIN_CHUNK_ROWS
+    assert lut.build._chunk_size(16, 4.0, 256, 5.0) == 20       # 0.25 s a row: 20 in 5 s
+    assert lut.build._chunk_size(16, 0.001, 256, 5.0) == 256    # fast rows: capped
+    assert lut.build._chunk_size(16, 160.0, 256, 5.0) == lut.build.MIN_CHUNK_ROWS  # slow: floor
+    assert lut.build._chunk_size(0, 0.0, 5, 5.0) == 5           # chunk_rows below the floor
+
+
+def test_build_removes_its_lock_file(built, tmp_path):
+    out = tmp_path / "t.parquet"
+    fast_build(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet"]
+    assert not (built.parent / f".{built.name}.lock").exists()
+
+
+def test_concurrent_builders_make_one_table(tmp_path, capsys):
+    """Two builders of one file: one measures, the other waits for the lock, then finds the
+    table complete; the lock file is gone afterwards."""
+    out = tmp_path / "shared.parquet"
+    results, errors = [], []
+
+    def builder():
+        try:
+            results.append(fast_build(out))
+        except BaseException as e:  # noqa: BLE001  reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=builder) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(r.measured_rows for r in results) == [0, len(space_rows(tiny_space()))]
+    assert sorted(r.calibrated for r in results) == [False, True]
+    assert "being built by another process" in capsys.readouterr().err
+    table = LatencyTable.load(out)
+    assert not table.missing(tiny_space()) and table.calibration is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.parquet"]
+
+
+def test_build_refuses_another_devices_table_without_advising_a_flag_it_lacks(built, tmp_path):
+    fp = {**LatencyTable.load(built).fingerprint, "cpu_model": "Imaginary CPU 9000"}
+    foreign = altered(built, tmp_path / "foreign.parquet", meta={"fingerprint": fp})
+    before = foreign.read_bytes()
+    with pytest.raises(NasError, match="another device") as info:
+        fast_build(foreign)
+    msg = str(info.value)
+    assert "choose another --out, or pass --no-resume" in msg and "allow-foreign" not in msg
+    assert foreign.read_bytes() == before
+
+
+def test_out_in_a_folder_that_cannot_be_made(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NasError, match="is not a directory"):
+        fast_build(tmp_path / "file" / "t.parquet")
+    (tmp_path / "dir.parquet").mkdir()
+    with pytest.raises(NasError, match="is a directory"):
+        fast_build(tmp_path / "dir.parquet")
 
 
 def test_no_resume_measures_every_row(built, tmp_path, monkeypatch):

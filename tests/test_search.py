@@ -5,6 +5,8 @@ checked exactly and fast; tables measured on this machine are tested in test_lut
 """
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -153,7 +155,7 @@ def test_resume_after_interruption_gives_the_same_architecture(lut_path, bounds,
     (["--budget", "3ms", "--task", "dance"], "--task 'dance'"),
     (["--budget", "3ms", "--space", "nope"], "unknown space 'nope'"),
     (["--budget", "3ms", "--data", "/nonexistent/lsp"], "/nonexistent/lsp"),
-    (["--budget", "3ms", "--mode", "softmax", "--epochs", "0"], "--epochs 0"),
+    (["--budget", "3ms", "--mode", "softmax", "--epochs", "0"], "argument --epochs: '0'"),
     ([], "--budget is required"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(argv, message, lut_path, bounds, tmp_path,
@@ -353,3 +355,81 @@ def test_table_of_another_space_is_refused_even_when_foreign_is_allowed(lut_path
     line = err.strip().splitlines()[-1]
     assert "covers space cpu-small at 64x64" in line and "at 96x96" in line
     assert not (tmp_path / "s").exists()
+
+
+# -- exits that tell the truth, outputs that are never mixed ------------------------------------
+def stop_after_first_step(monkeypatch):
+    """Ctrl-C after the first weight step, through the real signal handler of the search."""
+    from nas.search.searcher import Searcher
+
+    weight_step = Searcher._weight_step
+
+    def step_then_ctrl_c(self, *args, **kwargs):
+        loss = weight_step(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(Searcher, "_weight_step", step_then_ctrl_c)
+
+
+def test_interrupted_search_exits_130_and_says_how_to_resume(lut_path, bounds, tmp_path, capsys,
+                                                             monkeypatch):
+    out = tmp_path / "s"
+    stop_after_first_step(monkeypatch)
+    code, stdout, err = run(["search", "--budget", f"{bounds[1]}ms", "--lut", str(lut_path),
+                             "--out", str(out), "--json", *TINY], capsys)
+    assert code == 130
+    report = json.loads(stdout)  # --json still prints its one object
+    assert report["status"] == "interrupted" and report["resume"] == f"nas search --resume {out}"
+    assert err.strip().splitlines()[-1] == (f"nas: search interrupted; checkpoint "
+                                            f"{out / 'checkpoint.pt'}; continue with: nas search "
+                                            f"--resume {out}")
+    assert (out / "checkpoint.pt").is_file() and not (out / "arch.json").exists()
+
+
+def test_resume_refuses_flags_it_would_ignore(tmp_path, capsys):
+    code, _, err = run(["search", "--resume", str(tmp_path), "--budget", "10ms", "--space",
+                        "cpu-small", "--epochs", "30", "--seed", "0"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"--resume {tmp_path} continues a search with the settings in its checkpoint; it " \
+           "cannot change --budget, --space, --seed (only --epochs, to extend it)" in err
+
+
+def test_new_search_into_a_used_out_is_refused_without_force(lut_path, bounds, tmp_path, capsys,
+                                                             monkeypatch):
+    """A finished search's arch.json and report.json would otherwise stay beside the new
+    search's checkpoint and log; --force deletes the known files (and nothing else) first."""
+    out = tmp_path / "s"
+    out.mkdir()
+    for name in ("arch.json", "report.json", "search.png", "checkpoint.pt", "notes.txt"):
+        (out / name).write_text("old")
+    argv = ["search", "--budget", f"{bounds[1]}ms", "--lut", str(lut_path), "--out", str(out),
+            *TINY]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "already holds a search (checkpoint.pt, arch.json, report.json, search.png)" in err
+    assert f"--resume {out}" in err and "--force" in err
+    assert (out / "arch.json").read_text() == "old"
+    stop_after_first_step(monkeypatch)  # the replacing search is stopped at once: no new arch
+    code, _, _ = run([*argv, "--force"], capsys)
+    assert code == 130
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "log.jsonl", "notes.txt"]
+    assert (out / "notes.txt").read_text() == "old"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1
+
+
+@pytest.mark.parametrize("where", ["file", "under-file"])
+def test_out_that_cannot_be_a_folder_is_refused_before_any_work(where, tmp_path, capsys,
+                                                                monkeypatch):
+    import nas.search.run
+
+    def never(*args, **kwargs):
+        raise AssertionError("prepared the search before checking --out")
+
+    monkeypatch.setattr(nas.search.run, "prepare", never)
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" if where == "file" else tmp_path / "file" / "run"
+    code, _, err = run(["search", "--budget", "3ms", "--out", str(out), *TINY], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"--out {out}: " in err and "not a directory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

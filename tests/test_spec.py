@@ -212,6 +212,14 @@ def test_not_json_names_the_file(tmp_path):
         ArchSpec.load(path)
 
 
+def test_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes('{"schema": "nas.arch/1", "name": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(NasError, match=r"latin1\.json: not an arch spec, expected UTF-8 JSON "
+                                       r"\(byte 0xe9 at offset 37 is not UTF-8\)"):
+        ArchSpec.load(path)
+
+
 def test_json_array_is_not_a_spec():
     with pytest.raises(NasError, match="expected a JSON object"):
         ArchSpec.from_json("[1, 2]")

@@ -223,3 +223,63 @@ def test_non_positive_epochs_is_a_usage_error(tmp_path, arch_json, capsys):
         main(["train", str(arch_json), "--epochs", "0", "--out", str(tmp_path / "run")])
     assert e.value.code == 2 and "--epochs" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_out_that_is_a_file_is_refused_before_loading_data(tmp_path, arch_json, capsys):
+    (tmp_path / "file").write_text("")
+    _fails_cleanly(tmp_path, capsys, ["train", arch_json], "--out", "file",
+                   "exists and is not a directory", out=tmp_path / "file")
+    _fails_cleanly(tmp_path, capsys, ["train", arch_json], "is not a directory",
+                   out=tmp_path / "file" / "run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "tiny.json"]
+
+
+def test_finished_run_is_refused_and_replaced_with_force(tmp_path, arch_json, capsys):
+    """Any of a run's files counts (a finished run may have lost resume.pt); --force deletes
+    them, and no other file, once the inputs have been checked."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("metrics.json", "best.pt", "notes.txt"):
+        (out / name).write_text("old")
+    argv = ["train", arch_json, "--epochs", 1, "--limit", 4, "--batch-size", 4]
+    _fails_cleanly(tmp_path, capsys, argv, "already holds a training run (best.pt, "
+                   "metrics.json)", f"--resume {out}", "--force", out=out)
+    _fails_cleanly(tmp_path, capsys, [*argv, "--data", tmp_path / "nowhere", "--force"],
+                   "nowhere", out=out)
+    assert (out / "metrics.json").read_text() == "old"  # a refused --force deletes nothing
+    code, _, _ = _run(capsys, *argv, "--out", out, "--force", "--no-progress", "--workers", 0)
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "log.jsonl",
+                                                     "metrics.json", "notes.txt", "resume.pt"]
+    assert (out / "notes.txt").read_text() == "old"
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 1
+
+
+def test_interrupted_cli_run_exits_130_and_says_how_to_resume(tmp_path, arch_json, capsys,
+                                                              monkeypatch):
+    from nas.train import Trainer
+
+    train_step = Trainer._train_step
+
+    def step_then_ctrl_c(self, batch):
+        loss = train_step(self, batch)
+        os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(Trainer, "_train_step", step_then_ctrl_c)
+    out = tmp_path / "run"
+    code, stdout, err = _run(capsys, "train", arch_json, "--epochs", 2, "--limit", 8,
+                             "--batch-size", 4, "--workers", 0, "--out", out, "--no-progress",
+                             "--json")
+    assert code == 130
+    assert json.loads(stdout)["status"] == "interrupted"
+    assert err.strip().splitlines()[-1] == (f"nas: training interrupted in epoch 1 after step "
+                                            f"1; checkpoints in {out}; continue with: nas train "
+                                            f"--resume {out}")
+
+
+def test_resume_refuses_settings_it_would_ignore(tmp_path, capsys):
+    code, _, err = _run(capsys, "train", "--resume", tmp_path, "--lr", "0.1", "--sigma", 3,
+                        "--epochs", 5, "--workers", 0)
+    assert code == 2 and err.count("\n") == 1
+    assert "it cannot change --sigma, --lr (only --epochs, to extend it, and --workers)" in err

@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from nas.argtypes import positive_int
+from nas.argtypes import non_negative_int, positive_int
 from nas.checkpoint import load_model_checkpoint
 from nas.commands import Result
 from nas.pose import EVALUATION_SPLIT, dataset_kind, evaluate_model, format_result, make_dataset
@@ -31,7 +31,8 @@ def register(sub) -> None:
     p.add_argument("--flip", action="store_true", help="flip test: average with the mirror")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--limit", type=positive_int, metavar="N", help="score at most N images")
-    p.add_argument("--workers", type=int, default=0, help="data loading processes")
+    p.add_argument("--workers", type=non_negative_int, default=0,
+                   help="data loading processes (default 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

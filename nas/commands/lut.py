@@ -4,8 +4,9 @@
 [--threads N] [--out PATH] [--json]`` measures every candidate op of the space on this device
 (resuming a killed build) and calibrates the table on whole networks.
 
-``nas lut validate LUT [--samples N] [--json]`` measures N random networks end to end and
-compares the table's predictions (and a FLOPs-proportional estimate) with the measurements.
+``nas lut validate LUT [--samples N] [--allow-foreign-lut] [--json]`` measures N random networks
+end to end and compares the table's predictions (and a FLOPs-proportional estimate) with the
+measurements, after the table's speed probe says it still describes this machine.
 
 ``nas lut check LUT [--json]`` runs the table's speed probe alone (a few seconds): the ratio of
 its probe networks' latency now to when the table was built. Exit status 0 when it is within
@@ -25,7 +26,7 @@ from lut.probe import PROBE_TOLERANCE, ProbeResult
 from lut.table import LatencyTable
 from lut.timing import TimingConfig
 from lut.validate import validate_table
-from nas.argtypes import input_size, positive_int
+from nas.argtypes import input_size, non_negative_int, positive_int
 from nas.commands import Result
 from supernets.space import PRESETS, SPACES, get_space
 
@@ -70,14 +71,16 @@ def register(sub) -> None:
     v.add_argument("table", type=Path, metavar="LUT", help="table file written by nas lut build")
     v.add_argument("--samples", type=positive_int, default=30, metavar="N",
                    help="random networks (default: 30)")
-    v.add_argument("--seed", type=int, default=1,
+    v.add_argument("--seed", type=non_negative_int, default=1,
                    help="sampling seed (default: 1; the build calibrates with seed 0)")
     v.add_argument("--rounds", type=positive_int, metavar="N",
                    help="timing rounds per network (default: the table's)")
-    v.add_argument("--allow-foreign-lut", "--allow-foreign", dest="allow_foreign_lut",
-                   action="store_true",
+    v.add_argument("--allow-foreign-lut", action="store_true",
                    help="accept a table whose device fingerprint differs from this machine's, "
                         "or whose speed probe is off by more than 15%%")
+    # the flag's old name, before every command spelled it as nas search does
+    v.add_argument("--allow-foreign", dest="allow_foreign_lut", action="store_true",
+                   help=argparse.SUPPRESS)
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.set_defaults(handler=run_validate)
@@ -175,7 +178,7 @@ def run_check(args) -> Result:
     error = None if probe.ok else (
         f"{table.path} does not describe this machine now: the speed probe measured "
         f"{probe.describe()}; rebuild it with: {table.build_command()} --no-resume")
-    return Result(text, probe.to_dict(), code=0 if probe.ok else 1, error=error)
+    return Result(text, probe.to_dict(), status=0 if probe.ok else 1, error=error)
 
 
 def run_validate(args) -> Result:

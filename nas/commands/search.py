@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
-
-from nas.argtypes import input_size, positive_int
-from nas.commands import Result
+from nas.argtypes import (
+    finite_float,
+    input_size,
+    log_base,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from nas.commands import INTERRUPTED, Result, given_flags
 from nas.search.budget import format_ms, parse_budget
 from nas.search.relax import MODES
 from nas.search.searcher import SearchConfig
 
+DEFAULT_OUT = "runs/search"
+
 
 def register(sub) -> None:
     p = sub.add_parser("search", help="differentiable search under a latency budget",
-                       description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--task", default="pose", help="task (pose)")
+                       description=__doc__)
+    p.add_argument("--task", help="task (default pose, the only one)")
     p.add_argument("--budget", help="latency budget with a unit: 3ms, 800us, 0.004s "
                    "(required unless --resume)")
-    p.add_argument("--space", default="cpu-small", help="search space")
+    p.add_argument("--space", help="search space (default cpu-small)")
     p.add_argument("--input", type=input_size, metavar="HxW", help="override the space's input")
     p.add_argument("--joints", type=positive_int, metavar="N",
                    help="override the space's joint count (e.g. 14 for LSP)")
@@ -25,34 +32,45 @@ def register(sub) -> None:
                    "built first if missing)")
     p.add_argument("--allow-foreign-lut", action="store_true",
                    help="accept a table measured on another device (no measured latency then)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--threads", type=int, help="CPU threads (default: the table's)")
+    p.add_argument("--device", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads (default: the table's)")
     p.add_argument("--data", help="dataset path (Leeds Sports Pose folder); default: embedded "
                    "synthetic pose data")
-    p.add_argument("--epochs", type=int, help="search epochs (default 20)")
-    p.add_argument("--warmup-epochs", type=int, help="weight-only epochs first (default: half)")
-    p.add_argument("--batch-size", type=int, help="batch size (default 16)")
-    p.add_argument("--arch-batch-size", type=int,
+    p.add_argument("--epochs", type=positive_int,
+                   help="search epochs (default 20); with --resume, extends the search")
+    p.add_argument("--warmup-epochs", type=non_negative_int,
+                   help="weight-only epochs first (default: half)")
+    p.add_argument("--batch-size", type=positive_int, help="batch size (default 16)")
+    p.add_argument("--arch-batch-size", type=positive_int,
                    help="batch size of architecture steps (default: half the batch size)")
-    p.add_argument("--train-samples", type=int, help="synthetic images (default 1024)")
+    p.add_argument("--train-samples", type=positive_int, help="synthetic images (default 1024)")
     p.add_argument("--mode", choices=MODES, help="relaxation (default path)")
-    p.add_argument("--lam", type=float, help="initial cost weight lambda (default 0.1; adapted)")
-    p.add_argument("--tau", type=float, help="log base of the cost term, cost in ms (default 15)")
-    p.add_argument("--arch-lr", type=float, help="architecture Adam lr (default 1e-2)")
-    p.add_argument("--rank-samples", type=int,
+    p.add_argument("--lam", type=finite_float,
+                   help="initial cost weight lambda (default 0.1; adapted)")
+    p.add_argument("--tau", type=log_base,
+                   help="log base of the cost term, cost in ms (default 15; not 1)")
+    p.add_argument("--arch-lr", type=positive_float, help="architecture Adam lr (default 1e-2)")
+    p.add_argument("--rank-samples", type=non_negative_int,
                    help="after the search, rank the derived network and N more drawn from the "
                         "learned probabilities by the supernet's held-out loss (default 0: "
                         "derivation alone; e.g. 32)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/search", help="output directory")
+    p.add_argument("--seed", type=non_negative_int, help="seed of everything random (default 0)")
+    p.add_argument("--out", help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--resume", metavar="DIR", help="continue the search whose checkpoint is in DIR")
+    p.add_argument("--force", action="store_true",
+                   help="replace the search in --out (its checkpoint, log, arch and report)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=run)
 
 
-_CFG_ARGS = ("task", "space", "data", "epochs", "warmup_epochs", "batch_size", "arch_batch_size", "train_samples",
-             "mode", "lam", "tau", "arch_lr", "rank_samples", "seed", "device", "threads")
+_CFG_ARGS = ("task", "space", "data", "epochs", "warmup_epochs", "batch_size", "arch_batch_size",
+             "train_samples", "mode", "lam", "tau", "arch_lr", "rank_samples", "seed", "device",
+             "threads")
+# what a resumed search takes from its checkpoint; --epochs extends it, --lut and
+# --allow-foreign-lut only say where its table is
+_FIXED_ON_RESUME = ("budget", "input", "joints", "out", "force",
+                    *(k for k in _CFG_ARGS if k != "epochs"))
 
 
 def run(args) -> Result:
@@ -60,6 +78,11 @@ def run(args) -> Result:
     from supernets.errors import NasError
 
     if args.resume:
+        fixed = given_flags(args, _FIXED_ON_RESUME)
+        if fixed:
+            raise NasError(f"--resume {args.resume} continues a search with the settings in its "
+                           f"checkpoint; it cannot change {', '.join(fixed)} (only --epochs, to "
+                           "extend it)")
         report = search(None, args.resume, lut=args.lut, allow_foreign_lut=args.allow_foreign_lut,
                         progress=not args.no_progress, resume=True, epochs=args.epochs)
     else:
@@ -68,13 +91,15 @@ def run(args) -> Result:
         kwargs = {k: getattr(args, k) for k in _CFG_ARGS if getattr(args, k) is not None}
         cfg = SearchConfig(budget_ms=parse_budget(args.budget), input_size=args.input,
                            num_joints=args.joints, **kwargs)
-        report = search(cfg, args.out, lut=args.lut, allow_foreign_lut=args.allow_foreign_lut,
-                        progress=not args.no_progress)
+        report = search(cfg, args.out or DEFAULT_OUT, lut=args.lut,
+                        allow_foreign_lut=args.allow_foreign_lut, progress=not args.no_progress,
+                        force=args.force)
     if report.get("status") == "interrupted":
-        return Result(f"search interrupted; checkpoint {report['checkpoint']}\n"
-                      f"continue with: {report['resume']}", report)
+        return Result(f"search interrupted; checkpoint {report['checkpoint']}; continue with: "
+                      f"{report['resume']}", report, status=INTERRUPTED)
     if report.get("verdict") == "over_budget":
-        return Result(_text(report), report, code=EXIT_OVER_BUDGET, error=_over_budget(report))
+        return Result(_text(report), report, status=EXIT_OVER_BUDGET,
+                      error=_over_budget(report))
     return Result(_text(report), report)
 
 

@@ -1,4 +1,4 @@
-"""``nas train ARCH --task pose [--data PATH] [--epochs N] [--input HxW] [--out DIR]
+"""``nas train ARCH --task pose [--data PATH] [--epochs N] [--input HxW] [--out DIR] [--force]
 [--resume DIR] [--json]``: train an architecture from scratch, validating every epoch.
 
 ``--data`` names a dataset by its layout (Leeds Sports Pose, MPII, COCO: see ``nas.pose.data``);
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from nas.argtypes import input_size, positive_int
-from nas.commands import Result
+from nas.argtypes import input_size, non_negative_int, positive_float, positive_int
+from nas.commands import INTERRUPTED, Result, given_flags
 from nas.pose import format_result
 from supernets.errors import NasError
 from supernets.named import load_arch
@@ -23,7 +23,7 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("arch", nargs="?", help="arch JSON file or a named architecture (e.g. "
                    "mobilenetv2); optional with --resume")
-    p.add_argument("--task", default="pose", help="task (pose)")
+    p.add_argument("--task", help="task (default pose, the only one)")
     p.add_argument("--data", help="dataset: an LSP, MPII or COCO folder or an MPII/COCO JSON "
                    "file (default: embedded synthetic figures)")
     p.add_argument("--val-data", help="validate on this dataset instead of --data's "
@@ -35,18 +35,23 @@ def register(sub) -> None:
     p.add_argument("--input", type=input_size, metavar="HxW", help="override the arch's input")
     p.add_argument("--joints", type=positive_int, metavar="N",
                    help="override the arch's joint count (it must match the data)")
-    p.add_argument("--sigma", type=float, help="Gaussian target sigma in heatmap px (default 2)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, order, augmentation")
+    p.add_argument("--sigma", type=positive_float,
+                   help="Gaussian target sigma in heatmap px (default 2)")
+    p.add_argument("--lr", type=positive_float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=non_negative_int,
+                   help="seed of weights, order, augmentation (default 0)")
     p.add_argument("--limit", type=positive_int, metavar="N",
                    help="use at most N training (and validation) images, for quick runs")
-    p.add_argument("--workers", type=int, help="data loading processes (default 2)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--workers", type=non_negative_int,
+                   help="data loading processes (default 2)")
+    p.add_argument("--device", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's; on a "
                    "busy machine fewer threads can be much faster)")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/train/ARCH-NAME)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR (its settings; "
                    "--epochs may extend it)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the run in --out (its checkpoints, log and metrics)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=run)
@@ -54,12 +59,20 @@ def register(sub) -> None:
 
 _CFG_ARGS = ("task", "data", "val_data", "detections", "epochs", "batch_size", "sigma", "lr",
              "seed", "limit", "workers", "device", "threads")
+# what a resumed run takes from its checkpoint; --epochs extends it, --workers and the arch
+# (checked against the run's) may be given
+_FIXED_ON_RESUME = ("out", "force", *(k for k in _CFG_ARGS if k not in ("epochs", "workers")))
 
 
 def run(args) -> Result:
     from nas.train import TrainConfig, train
 
     if args.resume:
+        fixed = given_flags(args, _FIXED_ON_RESUME)
+        if fixed:
+            raise NasError(f"--resume {args.resume} continues a run with the settings in its "
+                           f"resume.pt; it cannot change {', '.join(fixed)} (only --epochs, to "
+                           "extend it, and --workers)")
         arch = load_arch(args.arch, input_size=args.input, num_joints=args.joints) \
             if args.arch else None
         report = train(None, args.resume, resume=True, epochs=args.epochs, arch=arch,
@@ -72,11 +85,11 @@ def run(args) -> Result:
         kwargs = {k: getattr(args, k) for k in _CFG_ARGS if getattr(args, k) is not None}
         cfg = TrainConfig(arch=spec.to_dict(), **kwargs)
         report = train(cfg, args.out or f"runs/train/{spec.name}",
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, force=args.force)
     if report["status"] == "interrupted":
-        return Result(f"training interrupted after epoch {report['epoch']} step "
-                      f"{report['step']}; checkpoints in {report['out']}\n"
-                      f"continue with: {report['resume']}", report)
+        return Result(f"training interrupted in epoch {report['epoch'] + 1} after step "
+                      f"{report['step']}; checkpoints in {report['out']}; continue with: "
+                      f"{report['resume']}", report, status=INTERRUPTED)
     best = report["best"]
     lines = [f"trained {report['arch']} for {report['epochs']} epochs on {report['data']}; "
              f"run in {report['out']} (last.pt, best.pt, log.jsonl, metrics.json)",

@@ -20,7 +20,7 @@ from nas.search.rank import rank
 from nas.search.report import plot_search, write_jsonl
 from nas.search.searcher import SearchConfig, Searcher, load_checkpoint
 from supernets.errors import NasError
-from supernets.fileio import write_atomic
+from supernets.fileio import check_writable_dir, write_atomic
 from supernets.flops import complexity
 from supernets.space import SearchSpace, get_space
 
@@ -30,6 +30,9 @@ TASKS = ("pose",)
 MEASURE_CHECKS = 3   # networks measured at most before the verdict
 MEASURED_OK = (0.85, 1.0)  # measured / budget that ends the measured checks
 OVER_BUDGET = 1.05   # measured / budget above this: the search fails (measurement noise below)
+# what a search writes into its folder: a new search refuses a folder holding any (or, forced,
+# deletes these and nothing else)
+RUN_FILES = ("checkpoint.pt", "log.jsonl", "arch.json", "report.json", "search.png")
 
 
 def _space(cfg: SearchConfig) -> SearchSpace:
@@ -189,9 +192,11 @@ def _round_up(ms: float) -> float:
 
 def search(cfg: SearchConfig | None, out: Path, *, lut: str | None = None,
            allow_foreign_lut: bool = False, progress: bool = True, resume: bool = False,
-           epochs: int | None = None, on_step=None) -> dict:
+           epochs: int | None = None, force: bool = False, on_step=None) -> dict:
     """Run a search writing into ``out``, or resume the one there (``cfg`` from its checkpoint;
-    ``epochs`` may extend it). Returns the report, or a status dict if stopped early."""
+    ``epochs`` may extend it). A new search refuses an ``out`` holding another search's files
+    unless ``force``, which deletes them (``RUN_FILES`` only) once every input has been
+    checked. Returns the report, or a status dict if stopped early."""
     out = Path(out)
     ckpt = out / "checkpoint.pt"
     state = None
@@ -204,6 +209,13 @@ def search(cfg: SearchConfig | None, out: Path, *, lut: str | None = None,
         if epochs is not None:
             cfg.epochs = max(cfg.epochs, epochs)
         lut = lut or state.get("lut_path")
+    else:
+        held = [name for name in RUN_FILES if (out / name).exists()]
+        if held and not force:
+            raise NasError(f"{out}: already holds a search ({', '.join(held)}); continue it "
+                           f"with --resume {out}, choose another --out, or pass --force to "
+                           "replace it")
+    check_writable_dir(out, "--resume" if resume else "--out")  # before any work
     searcher = prepare(cfg, lut=lut, allow_foreign_lut=allow_foreign_lut, progress=progress,
                        resumed=state is not None)
     if state is not None:
@@ -213,6 +225,9 @@ def search(cfg: SearchConfig | None, out: Path, *, lut: str | None = None,
             searcher.load_state_dict(state)
         except (KeyError, RuntimeError, ValueError) as e:
             raise NasError(f"{ckpt}: checkpoint does not match this search ({e})") from None
+    elif force:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     complete = searcher.run(ckpt, progress=progress, on_step=on_step)
     write_jsonl(out / "log.jsonl", searcher.history)

@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
+from nas.checks import check_float, check_int
 from nas.interrupt import stop_on_sigint
 from nas.search.relax import MODES, ArchParameters
 from supernets.errors import NasError
@@ -116,12 +117,26 @@ class SearchConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise NasError(f"--mode {self.mode!r}: expected one of {', '.join(MODES)}")
-        if self.epochs < 1:
-            raise NasError(f"--epochs {self.epochs}: expected a positive integer")
-        for name in ("rank_samples", "rank_images", "rank_bn_batches"):
-            if getattr(self, name) < (0 if name == "rank_samples" else 1):
-                raise NasError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected "
-                               f"{'0 or more' if name == 'rank_samples' else 'a positive integer'}")
+        if not (isinstance(self.budget_ms, int | float) and math.isfinite(self.budget_ms)
+                and self.budget_ms > 0):
+            raise NasError(f"budget_ms {self.budget_ms!r}: expected a positive, finite number "
+                           "of milliseconds")
+        for name in ("epochs", "batch_size", "train_samples", "rank_images", "rank_bn_batches"):
+            check_int(name, getattr(self, name))
+        check_int("rank_samples", self.rank_samples, minimum=0)
+        check_int("seed", self.seed, minimum=0)
+        for name in ("arch_batch_size", "threads", "num_joints", "warmup_epochs"):
+            check_int(name, getattr(self, name), minimum=0 if name == "warmup_epochs" else 1,
+                      optional=True)
+        check_float("lam", self.lam)
+        check_float("lam_step", self.lam_step, non_negative=True)
+        check_float("tau", self.tau, positive=True, not_one=True)  # log(tau) divides the cost
+        for name in ("weight_lr", "arch_lr", "temperature", "temperature_decay"):
+            check_float(name, getattr(self, name), positive=True)
+        for name in ("weight_decay", "arch_weight_decay"):
+            check_float(name, getattr(self, name), non_negative=True)
+        check_float("drop_path", self.drop_path, non_negative=True, below=1)
+        check_float("arch_split", self.arch_split, positive=True, below=1)
         if self.warmup_epochs is None:
             self.warmup_epochs = self.epochs // 2
         if self.arch_batch_size is None:
