@@ -84,15 +84,21 @@ def test_check_on_this_machine(table_path, capsys):
 
 
 def test_explicit_table_is_refused_on_a_machine_twice_as_slow(table_path, tmp_path, capsys,
-                                                               twice_as_slow):
+                                                               monkeypatch):
+    space = get_space("cpu-small", input_size=(32, 32))
+    small = build_table(space, "cpu", out=tmp_path / "small.parquet", progress=False,
+                        timing=lut.timing.TimingConfig(rounds=5))
+    real = time.thread_time_ns
+    monkeypatch.setitem(lut.timing.HOST_CLOCKS, "thread", lambda: 2 * real())
     code, out, err = run(["lut", "validate", str(table_path), "--samples", "2", "--rounds", "1",
                           "--quiet"], capsys)
     assert code == 2 and out == "" and "does not describe this machine now" in err
     assert "x its stored probe timings" in err and "--allow-foreign-lut" in err
     # the search refuses before any output exists
     out_dir = tmp_path / "search"
-    code, _, err = run(["search", "--budget", "100ms", "--lut", str(table_path),
-                        "--out", str(out_dir), "--no-progress"], capsys)
+    code, _, err = run(["search", "--budget", "100ms", "--lut", str(small), "--space",
+                        "cpu-small", "--input", "32x32", "--out", str(out_dir), "--no-progress"],
+                       capsys)
     assert code == 2 and "does not describe this machine now" in err
     assert not out_dir.exists()
 
