@@ -7,13 +7,22 @@ stage after a width choice sees several) and its candidates. The supernet builds
 
 Shipped spaces (``SPACES``)::
 
-    name              stem  stages (width x layers, first stride)      input    joints
-    efficientpose-a   16    24x4 s2, 32x6 s2, 64x8 s2, 96x8 s1          256x256  16 (MPII)
-    efficientpose-bc  24    32x6 s2, 64x8 s2, 96x10 s2, 160x10 s1       256x256  16 (MPII)
-    cpu-small         16    24x2 s2, 32x3 s2, 64x3 s2, 96x2 s1          128x128  14 (LSP)
+    name              stem  stages (width x layers, first stride)      input    joints  heads
+    efficientpose-a   16    24x4 s2, 32x6 s2, 64x8 s2, 96x8 s1          256x256  16      2
+    efficientpose-bc  24    32x6 s2, 64x8 s2, 96x10 s2, 160x10 s1       256x256  16      2
+    cpu-small         16    24x2 s2, 32x3 s2, 64x3 s2, 96x2 s1          128x128  14      2
+    cpu-base          8     16x4 s2, 64x16 s2                           64x64    14      1
 
-All have two head stages (output stride 16 -> 4), each choosing an upsampling op (plain,
-depthwise-separable or inverted residual, each with or without SIC) and a width from 32/64/96.
+A head stage chooses an upsampling op (plain, depthwise-separable or inverted residual, each with
+or without SIC) and a width: 32/64/96 in the first three spaces (two head stages, output stride
+16 -> 4), 16/32/64/128/192 in ``cpu-base`` (one head stage, output stride 8 -> 4).
+
+``cpu-base`` is the default of ``nas search``: a CPU-scale space whose range is wide at both
+ends, so that one budget (the README's 3 ms) lies inside it on slow and fast CPUs alike. Its
+fastest network is the minimum a network of this family needs (stem, the first block of each of
+two stages, one head stage, the heatmap layer: 2.4-2.5 ms on the slow 2-core AMD EPYC (family
+23) machine it was measured on), its slowest (16 blocks of 64 channels, k7 e6, a 192-wide
+inverted-residual head) 7.7x that (19 ms there).
 ``PRESETS`` gives the dataset input sizes: ``mpii`` 256x256 with 16 joints, ``coco`` 256x192 with
 17 joints, ``lsp`` 128x128 with 14 joints.
 """
@@ -137,11 +146,14 @@ class SearchSpace:
         return dataclasses.replace(self, skeleton=self.skeleton.with_input(input_size, num_joints))
 
 
-def _space(name: str, stem: int, stages: list[tuple[int, int, int]], preset: str) -> SearchSpace:
-    input_size, joints = PRESETS[preset]
-    skeleton = Skeleton(input_size=input_size, num_joints=joints, stem_width=stem,
-                        stages=tuple(Stage(w, n, s) for w, n, s in stages))
-    return SearchSpace(name, skeleton)
+def _space(name: str, stem: int, stages: list[tuple[int, int, int]], preset: str, *,
+           input_size: tuple[int, int] | None = None, head_stages: int = 2,
+           head_widths: tuple[int, ...] = (32, 64, 96)) -> SearchSpace:
+    preset_size, joints = PRESETS[preset]
+    skeleton = Skeleton(input_size=input_size or preset_size, num_joints=joints, stem_width=stem,
+                        stages=tuple(Stage(w, n, s) for w, n, s in stages),
+                        head_stages=head_stages)
+    return SearchSpace(name, skeleton, head_widths=head_widths)
 
 
 SPACES: dict[str, SearchSpace] = {
@@ -149,6 +161,8 @@ SPACES: dict[str, SearchSpace] = {
         _space("efficientpose-a", 16, [(24, 4, 2), (32, 6, 2), (64, 8, 2), (96, 8, 1)], "mpii"),
         _space("efficientpose-bc", 24, [(32, 6, 2), (64, 8, 2), (96, 10, 2), (160, 10, 1)], "mpii"),
         _space("cpu-small", 16, [(24, 2, 2), (32, 3, 2), (64, 3, 2), (96, 2, 1)], "lsp"),
+        _space("cpu-base", 8, [(16, 4, 2), (64, 16, 2)], "lsp", input_size=(64, 64),
+               head_stages=1, head_widths=(16, 32, 64, 128, 192)),
     ]
 }
 

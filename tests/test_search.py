@@ -20,8 +20,8 @@ from supernets.space import get_space
 from supernets.spec import ArchSpec
 
 INPUT = (64, 64)
-TINY = ["--input", "64x64", "--epochs", "2", "--train-samples", "40", "--batch-size", "8",
-        "--no-progress", "--allow-foreign-lut"]
+TINY = ["--input", "64x64", "--space", "cpu-small", "--epochs", "2", "--train-samples", "40",
+        "--batch-size", "8", "--no-progress", "--allow-foreign-lut"]
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +210,8 @@ def test_network_measuring_over_budget_is_derived_again(lut_path, bounds, space,
     monkeypatch.setattr(lut.isolated, "measure_network_isolated", fake_measure)
     fast, slow = bounds
     budget = fast + 0.5 * (slow - fast)
-    cfg = SearchConfig(budget_ms=budget, input_size=INPUT, epochs=1, train_samples=40,
-                       batch_size=8)
+    cfg = SearchConfig(budget_ms=budget, space="cpu-small", input_size=INPUT, epochs=1,
+                       train_samples=40, batch_size=8)
     report = search(cfg, tmp_path / "s", lut=str(lut_path), progress=False)
     checks = report["measure_checks"]
     assert len(checks) == len(measured) == 2
@@ -260,8 +260,8 @@ def test_ranked_network_measuring_over_budget_is_replaced_by_the_next_inside(
     stand_in_probe(monkeypatch)
     monkeypatch.setattr(lut.isolated, "measure_network_isolated", fake_measure)
     monkeypatch.setattr(run_module, "rank", fake_rank)
-    cfg = SearchConfig(budget_ms=budget, input_size=INPUT, epochs=1, train_samples=40,
-                       batch_size=8, rank_samples=2)
+    cfg = SearchConfig(budget_ms=budget, space="cpu-small", input_size=INPUT, epochs=1,
+                       train_samples=40, batch_size=8, rank_samples=2)
     report = search(cfg, tmp_path / "s", lut=str(lut_path), progress=False)
     assert [ch["choices"] for ch in report["measure_checks"]] == [a.choices, b.choices]
     assert report["arch"]["choices"] == b.choices and report["measured_ms"] <= budget
@@ -315,8 +315,8 @@ def test_network_within_noise_of_the_budget_passes(lut_path, bounds, tmp_path, m
 
     stand_in_probe(monkeypatch)
     monkeypatch.setattr(lut.isolated, "measure_network_isolated", fake_measure)
-    cfg = SearchConfig(budget_ms=budget, input_size=INPUT, epochs=1, train_samples=40,
-                       batch_size=8)
+    cfg = SearchConfig(budget_ms=budget, space="cpu-small", input_size=INPUT, epochs=1,
+                       train_samples=40, batch_size=8)
     report = search(cfg, tmp_path / "s", lut=str(lut_path), progress=False)
     assert report["verdict"] == "met_within_noise" and (tmp_path / "s" / "arch.json").exists()
 

@@ -42,8 +42,8 @@ def register(sub) -> None:
                                     "device and calibrate on whole networks. A killed build "
                                     "resumes where it stopped.")
     b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    b.add_argument("--space", default="cpu-small", choices=list(SPACES),
-                   help="search space (default: cpu-small)")
+    b.add_argument("--space", default="cpu-base", choices=list(SPACES),
+                   help="search space (default: cpu-base)")
     b.add_argument("--preset", choices=list(PRESETS), help="dataset input size and joints")
     b.add_argument("--input", type=input_size, metavar="HxW", help="override the input size")
     b.add_argument("--joints", type=positive_int, metavar="N", help="override the joints")

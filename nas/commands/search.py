@@ -24,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--task", help="task (default pose, the only one)")
     p.add_argument("--budget", help="latency budget with a unit: 3ms, 800us, 0.004s "
                    "(required unless --resume)")
-    p.add_argument("--space", help="search space (default cpu-small)")
+    p.add_argument("--space", help="search space (default cpu-base)")
     p.add_argument("--input", type=input_size, metavar="HxW", help="override the space's input")
     p.add_argument("--joints", type=positive_int, metavar="N",
                    help="override the space's joint count (e.g. 14 for LSP)")

@@ -69,7 +69,7 @@ class SearchConfig:
 
     budget_ms: float
     task: str = "pose"
-    space: str = "cpu-small"
+    space: str = "cpu-base"
     input_size: tuple[int, int] | None = None
     num_joints: int | None = None       # default: the space's
     data: str | None = None
