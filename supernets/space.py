@@ -20,9 +20,9 @@ or without SIC) and a width: 32/64/96 in the first three spaces (two head stages
 ``cpu-base`` is the default of ``nas search``: a CPU-scale space whose range is wide at both
 ends, so that one budget (the README's 3 ms) lies inside it on slow and fast CPUs alike. Its
 fastest network is the minimum a network of this family needs (stem, the first block of each of
-two stages, one head stage, the heatmap layer: 2.4-2.5 ms on the slow 2-core AMD EPYC (family
-23) machine it was measured on), its slowest (16 blocks of 64 channels, k7 e6, a 192-wide
-inverted-residual head) 7.7x that (19 ms there).
+two stages, one head stage, the heatmap layer: 1.9 ms on the slow 2-core AMD EPYC (family 23)
+machine it was measured on, quiet), its slowest (16 blocks of 64 channels, k7 e6, a 192-wide
+inverted-residual head) 7.7x that (15 ms there).
 ``PRESETS`` gives the dataset input sizes: ``mpii`` 256x256 with 16 joints, ``coco`` 256x192 with
 17 joints, ``lsp`` 128x128 with 14 joints.
 """
