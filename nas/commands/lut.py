@@ -1,4 +1,4 @@
-"""``nas lut build|validate``: device latency lookup tables.
+"""``nas lut build|validate|check``: device latency lookup tables.
 
 ``nas lut build --device cpu|cuda[:N] [--space NAME] [--input HxW] [--batch N] [--dtype fp32|fp16]
 [--threads N] [--out PATH] [--json]`` measures every candidate op of the space on this device
