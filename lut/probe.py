@@ -71,6 +71,15 @@ class ProbeResult:
                 f"{abs(self.ratio - 1) * 100:.0f}% {how} than when the table was built; "
                 f"tolerance ±{self.tolerance * 100:.0f}%)")
 
+    @classmethod
+    def at_build(cls, table: LatencyTable) -> ProbeResult:
+        """The probe of a table built a moment ago: its stored timings, ratio 1 (they were
+        measured by this same procedure just now), nothing timed again."""
+        probes = table.meta["probes"]
+        nets = tuple({"role": n["role"], "name": n["name"], "stored_ms": n["stored_ms"],
+                      "measured_ms": n["stored_ms"], "ratio": 1.0} for n in probes["networks"])
+        return cls(str(table.path) if table.path else "table", 1.0, nets, probes["rounds"], 0.0)
+
     def to_dict(self) -> dict:
         return {"table": self.table, "ratio": self.ratio, "ok": self.ok,
                 "tolerance": self.tolerance, "rounds": self.rounds, "seconds": self.seconds,

@@ -46,12 +46,17 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def _float(text: str) -> float:
+    """The number, or nan for anything that is not one (refused by the callers)."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def finite_float(text: str) -> float:
     """``'-0.5'`` -> ``-0.5``; nan, inf and non-numbers are refused."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _float(text)
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number")
     return value
@@ -59,10 +64,7 @@ def finite_float(text: str) -> float:
 
 def positive_float(text: str) -> float:
     """``'1e-3'`` -> ``0.001``; zero, negatives, nan and inf are refused."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _float(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r}: expected a positive, finite number")
     return value

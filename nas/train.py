@@ -44,7 +44,7 @@ from nas.checks import check_float, check_int
 from nas.interrupt import stop_on_sigint
 from nas.pose import VALIDATION_SPLIT, dataset_kind, evaluate_model, heatmap_loss, make_dataset
 from supernets.errors import NasError
-from supernets.fileio import check_writable_dir, write_atomic
+from supernets.fileio import check_writable_dir, clear_run_files, refuse_used_out, write_atomic
 from supernets.model import PoseNet
 from supernets.spec import ArchSpec
 
@@ -307,11 +307,7 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
         if workers is not None:
             cfg.workers = workers
     else:
-        held = [name for name in RUN_FILES if (out / name).exists()]
-        if held and not force:
-            raise NasError(f"{out}: already holds a training run ({', '.join(held)}); continue "
-                           f"it with --resume {out}, choose another --out, or pass --force to "
-                           "replace it")
+        refuse_used_out(out, RUN_FILES, "training run", force)
     check_writable_dir(out, "--resume" if resume else "--out")  # before loading any data
     trainer = Trainer(cfg)
     if state is not None:
@@ -320,8 +316,7 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
         except (KeyError, RuntimeError, ValueError) as e:
             raise NasError(f"{out / 'resume.pt'}: does not match this run ({e})") from None
     elif force:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
+        clear_run_files(out, RUN_FILES)
     out.mkdir(parents=True, exist_ok=True)
     if not trainer.run(out, progress=progress, on_step=on_step):
         return {"status": "interrupted", "out": str(out), "epoch": trainer.epoch,

@@ -72,3 +72,18 @@ def check_writable_dir(directory: str | os.PathLike, name: str) -> None:
     why = unwritable_dir(directory)
     if why:
         raise NasError(f"{name} {directory}: {why}")
+
+
+def refuse_used_out(out: Path, run_files: tuple[str, ...], what: str, force: bool) -> None:
+    """A new run into ``out``: NasError if it holds any of ``run_files`` (another ``what``, e.g.
+    "search"), unless ``force``."""
+    held = [name for name in run_files if (out / name).exists()]
+    if held and not force:
+        raise NasError(f"{out}: already holds a {what} ({', '.join(held)}); continue it with "
+                       f"--resume {out}, choose another --out, or pass --force to replace it")
+
+
+def clear_run_files(out: Path, run_files: tuple[str, ...]) -> None:
+    """``--force``: delete a run's own files in ``out`` and nothing else."""
+    for name in run_files:
+        (out / name).unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from nas.search.rank import rank
 from nas.search.report import plot_search, write_jsonl
 from nas.search.searcher import SearchConfig, Searcher, load_checkpoint
 from supernets.errors import NasError
-from supernets.fileio import check_writable_dir, write_atomic
+from supernets.fileio import check_writable_dir, clear_run_files, refuse_used_out, write_atomic
 from supernets.flops import complexity
 from supernets.space import SearchSpace, get_space
 
@@ -101,11 +101,7 @@ def _table(space: SearchSpace, cfg: SearchConfig, lut: str | None, allow_foreign
     lutlib.build_table(space, cfg.device, out=path, progress=progress,
                        resume=not path.exists())
     table = lutlib.LatencyTable.load(path)
-    # just built: its probes were timed a moment ago, by the same procedure
-    nets = tuple({"role": n["role"], "name": n["name"], "stored_ms": n["stored_ms"],
-                  "measured_ms": n["stored_ms"], "ratio": 1.0}
-                 for n in table.meta["probes"]["networks"])
-    return table, lut_probe.ProbeResult(str(path), 1.0, nets, table.meta["probes"]["rounds"], 0.0)
+    return table, lut_probe.ProbeResult.at_build(table)
 
 
 def _datasets(cfg: SearchConfig, space: SearchSpace):
@@ -210,11 +206,7 @@ def search(cfg: SearchConfig | None, out: Path, *, lut: str | None = None,
             cfg.epochs = max(cfg.epochs, epochs)
         lut = lut or state.get("lut_path")
     else:
-        held = [name for name in RUN_FILES if (out / name).exists()]
-        if held and not force:
-            raise NasError(f"{out}: already holds a search ({', '.join(held)}); continue it "
-                           f"with --resume {out}, choose another --out, or pass --force to "
-                           "replace it")
+        refuse_used_out(out, RUN_FILES, "search", force)
     check_writable_dir(out, "--resume" if resume else "--out")  # before any work
     searcher = prepare(cfg, lut=lut, allow_foreign_lut=allow_foreign_lut, progress=progress,
                        resumed=state is not None)
@@ -226,8 +218,7 @@ def search(cfg: SearchConfig | None, out: Path, *, lut: str | None = None,
         except (KeyError, RuntimeError, ValueError) as e:
             raise NasError(f"{ckpt}: checkpoint does not match this search ({e})") from None
     elif force:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
+        clear_run_files(out, RUN_FILES)
     out.mkdir(parents=True, exist_ok=True)
     complete = searcher.run(ckpt, progress=progress, on_step=on_step)
     write_jsonl(out / "log.jsonl", searcher.history)
