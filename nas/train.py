@@ -9,7 +9,8 @@ A run directory holds::
     last.pt        nas.model/1 checkpoint after the latest epoch (meta: epoch, metrics)
     best.pt        the epoch with the best validation metric so far
     resume.pt      optimiser state, epoch and step, history: what --resume needs (nas.train/1)
-    log.jsonl      one line per epoch: lr, training loss, validation metric, seconds
+    log.jsonl      one line per epoch: lr, training loss, training seconds, and the validation
+                   metric and its seconds after a validated epoch (``val_every``)
     metrics.json   written at the end: the last model's validation metric, with and without
                    flip test, per joint; the best epoch
 
@@ -48,7 +49,8 @@ from supernets.fileio import check_writable_dir, clear_run_files, refuse_used_ou
 from supernets.model import PoseNet
 from supernets.spec import ArchSpec
 
-__all__ = ["RESUME_FORMAT", "TASKS", "TrainConfig", "Trainer", "learning_rate", "train"]
+__all__ = ["RECIPES", "RESUME_FORMAT", "TASKS", "TrainConfig", "Trainer", "TrainingDiverged",
+           "learning_rate", "recipe", "train"]
 
 RESUME_FORMAT = "nas.train/1"
 TASKS = ("pose",)
@@ -78,6 +80,7 @@ class TrainConfig:
     workers: int = 2
     device: str = "cpu"
     threads: int | None = None      # CPU threads (None: torch's default)
+    val_every: int = 1              # validate every N epochs (0: only the final evaluation)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -87,7 +90,7 @@ class TrainConfig:
             check_int(name, getattr(self, name))
         for name in ("limit", "threads"):
             check_int(name, getattr(self, name), optional=True)
-        for name in ("workers", "seed"):
+        for name in ("workers", "seed", "val_every"):
             check_int(name, getattr(self, name), minimum=0)
         # sigma 0 divides by zero in the Gaussian targets (NaN peaks, numpy warnings)
         for name in ("lr", "sigma", "decay_factor"):
@@ -105,6 +108,27 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# Named recipes: TrainConfig settings that differ from the defaults (EfficientPose's, scaled to
+# ``epochs``). ``posebench`` is the short recipe of the pose ground truth (benchmarks/posebench.py):
+# the proof's recipe for 12 epochs, evaluated once at the end.
+RECIPES: dict[str, dict] = {
+    "efficientpose": {},
+    "proof": {"epochs": 30},
+    "posebench": {"epochs": 12, "val_every": 0},
+}
+
+
+def recipe(name: str) -> dict:
+    """The settings of a named recipe (a copy); a one-line error names the known ones."""
+    if name not in RECIPES:
+        raise NasError(f"--recipe {name!r}: expected one of {', '.join(sorted(RECIPES))}")
+    return dict(RECIPES[name])
+
+
+class TrainingDiverged(NasError):
+    """The training loss became NaN or infinite: the run cannot go on from here."""
 
 
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:
@@ -169,10 +193,15 @@ class Trainer:
         images = batch["image"].to(self.device).contiguous(memory_format=torch.channels_last)
         loss = heatmap_loss(self.model(images), batch["target"].to(self.device),
                             batch["target_weight"].to(self.device))
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            lr = self.optimizer.param_groups[0]["lr"]
+            raise TrainingDiverged(f"training loss became {value} in epoch {self.epoch + 1}, "
+                                   f"step {self.step + 1} (lr {lr:g})")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return float(loss.detach())
+        return value
 
     def validate(self, *, flip: bool = False, progress: bool = False) -> dict:
         return evaluate_model(self.model, self.val_set, flip=flip, device=self.device,
@@ -211,16 +240,28 @@ class Trainer:
                     return False
         return True
 
+    def _validates(self, epoch: int) -> bool:
+        """Whether 0-based ``epoch`` ends with a validation (``val_every``; 0: never)."""
+        every = self.cfg.val_every
+        return bool(every) and ((epoch + 1) % every == 0 or epoch + 1 == self.cfg.epochs)
+
     def _end_epoch(self, lr: float) -> None:
-        val = self.validate()
+        seconds = time.perf_counter() - self._epoch_start   # training only, not validation
         entry = {"epoch": self.epoch + 1, "lr": lr,
-                 "train_loss": self._loss_sum / max(self.step, 1),
-                 "val_metric": val["metric"], "val": val["mean"], "val_loss": val["loss"],
-                 "seconds": time.perf_counter() - self._epoch_start}
+                 "train_loss": self._loss_sum / max(self.step, 1), "seconds": seconds}
+        t0 = time.perf_counter()
+        val = self.validate() if self._validates(self.epoch) else None
+        if val is not None:
+            entry.update(val_metric=val["metric"], val=val["mean"], val_loss=val["loss"],
+                         val_seconds=time.perf_counter() - t0)
         self.history.append(entry)
-        tqdm.write(f"epoch {entry['epoch']}/{self.cfg.epochs}: loss {entry['train_loss']:.3e}, "
-                   f"val {val['metric']} {val['mean']:.2f}", file=sys.stderr)
+        tqdm.write(f"epoch {entry['epoch']}/{self.cfg.epochs}: loss {entry['train_loss']:.3e}"
+                   + (f", val {val['metric']} {val['mean']:.2f}" if val else ""),
+                   file=sys.stderr)
         self.epoch, self.step = self.epoch + 1, 0
+        if val is None:
+            self._improved = False
+            return
         if self.best is None or _better(val["mean"], self.best["val"]):
             self.best = {"epoch": self.epoch, "val": val["mean"], "metric": val["metric"]}
             self._improved = True
@@ -340,7 +381,8 @@ def _finish(trainer: Trainer, out: Path, progress: bool) -> dict:
         "final_flip": final_flip,
         "best": trainer.best,
         "history": trainer.history,
-        "checkpoints": {"last": str(out / "last.pt"), "best": str(out / "best.pt")},
+        "checkpoints": {"last": str(out / "last.pt"),
+                        "best": str(out / "best.pt") if trainer.best else None},
         "config": cfg.to_dict(),
     }
     write_atomic(out / "metrics.json", json.dumps(report, indent=2, default=str) + "\n")

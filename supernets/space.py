@@ -131,15 +131,24 @@ class SearchSpace:
 
     def largest(self) -> ArchSpec:
         """Every layer at its most expensive candidate (by MACs): the space's upper bound."""
+        return self._extreme(max, "largest")
+
+    def smallest(self) -> ArchSpec:
+        """Every layer at its cheapest candidate (by MACs; a skip where the layer has one, the
+        narrowest head): the sandwich rule's lower path."""
+        return self._extreme(min, "smallest")
+
+    def _extreme(self, pick, what: str) -> ArchSpec:
         from supernets.flops import op_macs  # local: flops imports model code
 
         choices = {}
         for layer in self.choice_layers():
             w_in = max(layer.in_widths)
-            choices[layer.label] = max(
+            choices[layer.label] = pick(
                 layer.candidates,
-                key=lambda c: op_macs(c.op, w_in, c.out_chs, layer.stride, layer.in_hw)).name
-        return self.spec(choices, f"{self.name}-largest")
+                key=lambda c: (op_macs(c.op, w_in, c.out_chs, layer.stride, layer.in_hw),
+                               c.out_chs)).name
+        return self.spec(choices, f"{self.name}-{what}")
 
     def with_input(self, input_size: tuple[int, int] | None = None,
                    num_joints: int | None = None) -> SearchSpace:

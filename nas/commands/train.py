@@ -1,10 +1,14 @@
-"""``nas train ARCH --task pose [--data PATH] [--epochs N] [--input HxW] [--out DIR] [--force]
-[--resume DIR] [--json]``: train an architecture from scratch, validating every epoch.
+"""``nas train ARCH --task pose [--data PATH] [--recipe NAME] [--epochs N] [--input HxW]
+[--out DIR] [--force] [--resume DIR] [--json]``: train an architecture from scratch.
 
 ``--data`` names a dataset by its layout (Leeds Sports Pose, MPII, COCO: see ``nas.pose.data``);
 omitted, the embedded synthetic figures. The recipe is EfficientPose's: Adam lr 1e-3, weight
-decay 1e-4, lr x0.1 at 75% and 85% of the epochs. Ctrl-C stops after the current step, writes a
-checkpoint and prints the command that continues the run.
+decay 1e-4, lr x0.1 at 75% and 85% of the epochs, validated every epoch. ``--recipe`` names a
+preset of these settings (``efficientpose``: 200 epochs; ``proof``: 30 epochs, the pose proof's;
+``posebench``: 12 epochs validated once at the end, the pose ground truth's); flags given beside
+it override it. A loss that becomes NaN stops the run with an error naming the epoch and step.
+Ctrl-C stops after the current step, writes a checkpoint and prints the command that continues
+the run.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ def register(sub) -> None:
                    "validation split (needed when --data is a single JSON file)")
     p.add_argument("--detections", help="COCO: validate on these person boxes (JSON list of "
                    "{image_id, bbox, score}) instead of the ground-truth boxes")
+    p.add_argument("--recipe", help="named recipe: efficientpose (default), proof, posebench")
     p.add_argument("--epochs", type=positive_int, help="epochs (default 200, as EfficientPose)")
+    p.add_argument("--val-every", type=non_negative_int, metavar="N",
+                   help="validate every N epochs (default 1; 0: only at the end)")
     p.add_argument("--batch-size", type=positive_int, help="batch size (default 32)")
     p.add_argument("--input", type=input_size, metavar="HxW", help="override the arch's input")
     p.add_argument("--joints", type=positive_int, metavar="N",
@@ -58,14 +65,15 @@ def register(sub) -> None:
 
 
 _CFG_ARGS = ("task", "data", "val_data", "detections", "epochs", "batch_size", "sigma", "lr",
-             "seed", "limit", "workers", "device", "threads")
+             "seed", "limit", "workers", "device", "threads", "val_every")
 # what a resumed run takes from its checkpoint; --epochs extends it, --workers and the arch
 # (checked against the run's) may be given
-_FIXED_ON_RESUME = ("out", "force", *(k for k in _CFG_ARGS if k not in ("epochs", "workers")))
+_FIXED_ON_RESUME = ("out", "force", "recipe",
+                    *(k for k in _CFG_ARGS if k not in ("epochs", "workers")))
 
 
 def run(args) -> Result:
-    from nas.train import TrainConfig, train
+    from nas.train import TrainConfig, recipe, train
 
     if args.resume:
         fixed = given_flags(args, _FIXED_ON_RESUME)
@@ -82,7 +90,8 @@ def run(args) -> Result:
             raise NasError("an architecture is required (arch JSON or a name such as "
                            "mobilenetv2), unless --resume DIR")
         spec = load_arch(args.arch, input_size=args.input, num_joints=args.joints)
-        kwargs = {k: getattr(args, k) for k in _CFG_ARGS if getattr(args, k) is not None}
+        kwargs = recipe(args.recipe) if args.recipe else {}
+        kwargs.update({k: getattr(args, k) for k in _CFG_ARGS if getattr(args, k) is not None})
         cfg = TrainConfig(arch=spec.to_dict(), **kwargs)
         report = train(cfg, args.out or f"runs/train/{spec.name}",
                        progress=not args.no_progress, force=args.force)
@@ -92,8 +101,9 @@ def run(args) -> Result:
                       f"{report['resume']}", report, status=INTERRUPTED)
     best = report["best"]
     lines = [f"trained {report['arch']} for {report['epochs']} epochs on {report['data']}; "
-             f"run in {report['out']} (last.pt, best.pt, log.jsonl, metrics.json)",
-             f"best epoch {best['epoch']}: {best['metric']} {best['val']:.2f}",
-             f"final model on {report['val_data']}:",
-             format_result(report["final_flip"])]
+             f"run in {report['out']} (last.pt{', best.pt' if best else ''}, log.jsonl, "
+             "metrics.json)"]
+    if best:
+        lines.append(f"best epoch {best['epoch']}: {best['metric']} {best['val']:.2f}")
+    lines += [f"final model on {report['val_data']}:", format_result(report["final_flip"])]
     return Result("\n".join(lines), report)

@@ -83,7 +83,9 @@ def _unwrap(dataset):
 
 
 def score(dataset, predictions: Predictions) -> dict:
-    """The dataset's metric of ``predictions`` (see module doc)."""
+    """The dataset's metric of ``predictions`` (see module doc); ``dataset`` may be a
+    ``Subset`` of one (predictions carry the underlying dataset's indices)."""
+    dataset = _unwrap(dataset)
     own = getattr(dataset, "score", None)
     if own is not None:
         return own(predictions)

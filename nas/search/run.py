@@ -105,22 +105,12 @@ def _table(space: SearchSpace, cfg: SearchConfig, lut: str | None, allow_foreign
 
 
 def _datasets(cfg: SearchConfig, space: SearchSpace):
-    from nas.pose import make_dataset
+    from nas.search.oneshot import split_datasets
 
-    sk = space.skeleton
-    full = make_dataset(cfg.data, "train", sk.input_size, sk.heatmap_size, seed=cfg.seed,
-                        augment=True, num_joints=sk.num_joints,
-                        limit=None if cfg.data else cfg.train_samples,
-                        synthetic_size=cfg.train_samples)
-    if full.num_joints != sk.num_joints:
-        raise NasError(f"--data {cfg.data}: {full.num_joints} joints, but space {space.name} "
-                       f"predicts {sk.num_joints}")
-    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    n_arch = max(cfg.batch_size, int(round(len(full) * cfg.arch_split)))
-    if len(full) - n_arch < cfg.batch_size:
-        raise NasError(f"--data {cfg.data or '(synthetic)'}: {len(full)} samples are too few "
-                       f"for batch size {cfg.batch_size} and an architecture split")
-    return _Subset(full, order[n_arch:]), _Subset(full, order[:n_arch])
+    full, weight_idx, arch_idx = split_datasets(
+        space, cfg.data, seed=cfg.seed, arch_split=cfg.arch_split, batch_size=cfg.batch_size,
+        train_samples=cfg.train_samples)
+    return _Subset(full, weight_idx), _Subset(full, arch_idx)
 
 
 class _Subset(torch.utils.data.Dataset):
