@@ -76,6 +76,7 @@ class OneShotConfig:
         for name in ("epochs", "batch_size", "train_samples"):
             check_int(name, getattr(self, name))
         check_int("random_paths", self.random_paths, minimum=0)
+        check_int("seed", self.seed, minimum=0)
         check_int("threads", self.threads, optional=True)
         check_int("limit", self.limit, optional=True)
         check_float("lr", self.lr, positive=True)
@@ -287,6 +288,13 @@ def train_oneshot(cfg: OneShotConfig, out: str | Path, *, progress: bool = True)
                            f"{theirs.get(differ[0])!r}, not {mine[differ[0]]!r}; choose another "
                            "directory or delete it")
         trainer.load_state_dict(state)
+        lost = [e for e in cfg.snapshots
+                if e <= trainer.epoch and not snapshot_path(out, e).exists()]
+        if lost:
+            raise NasError(f"{path}: this supernet is past epoch {lost[0]} and its weights there "
+                           f"were not kept (snapshots asked for when it trained: "
+                           f"{theirs['snapshots'] or 'none'}); delete {out} to train it again "
+                           "with this snapshot")
     complete = trainer.run(out, progress=progress)
     return {"status": "complete" if complete else "interrupted", "epoch": trainer.epoch,
             "history": trainer.history,
