@@ -54,6 +54,7 @@ import torch
 import lut as lutlib
 from lut.fingerprint import describe, fingerprint
 from lut.isolated import measure_network_isolated
+from nas.bench.posebench import draw_in_window
 from nas.search import SearchConfig, search
 from nas.train import TrainConfig, learning_rate, train
 from supernets.errors import NasError
@@ -69,7 +70,6 @@ SPACE = "efficientpose-a"      # default; always at the LSP preset (128x128, 14 
 PRESET = "lsp"
 BASELINE = "mobilenetv2"
 WINDOW = (0.85, 1.0)          # predicted latency / budget of the random networks
-MAX_DRAWS = 200_000           # random draws before giving up on filling the window
 ABLATION = "searched-derivation-only"
 PCK_TARGET = 1.0              # searched - mobilenetv2, PCK@0.2 points
 
@@ -224,19 +224,14 @@ def draw_randoms(space: SearchSpace, predictor: lutlib.LatencyPredictor, budget_
     """
     (_, fastest_ms), (_, slowest_ms) = predictor.bounds(space)
     low, high = WINDOW[0] * min(budget_ms, slowest_ms), WINDOW[1] * budget_ms
-    rng = np.random.default_rng(seed)
-    picked, draws = [], 0
-    while len(picked) < count:
-        if draws >= MAX_DRAWS:
-            raise NasError(f"--randoms {count}: only {len(picked)} of {MAX_DRAWS} random "
-                           f"networks of {space.name} predict {low:.3f} to {high:.3f} ms")
-        draws += 1
-        spec = space.sample(rng, name=f"random-{len(picked) + 1}")
-        ms = predictor.latency(spec)
-        if low <= ms <= high:
-            picked.append({"arch": spec.to_dict(), "predicted_ms": ms, "draw": draws})
+    try:
+        picked, draws = draw_in_window(space, predictor, low, high, count, seed)
+    except NasError as e:
+        raise NasError(f"--randoms {count}: {e}") from None
     return {"seed": seed, "window_ms": [low, high], "space_bounds_ms": [fastest_ms, slowest_ms],
-            "draws": draws, "randoms": picked}
+            "draws": draws, "randoms": [{"arch": p["spec"].to_dict(),
+                                         "predicted_ms": p["predicted_ms"], "draw": p["draw"]}
+                                        for p in picked]}
 
 
 def stage_randoms(workdir: Path, space: SearchSpace, predictor: lutlib.LatencyPredictor,
