@@ -14,7 +14,8 @@ keeps its checkpoint in ``--workdir`` every epoch. Ctrl-C (or SIGTERM) stops eve
 next step with a checkpoint; the same command continues. ``--max-networks N`` stops after N more
 networks (to spread the work over several sittings). The proof's networks come first, so the
 recipe check is the first figure to exist. Latency is measured once no network is in training
-(``--no-measure`` skips it).
+(``--no-measure`` skips it); ``--report-only`` trains nothing and rewrites the table and report
+from what is finished.
 
 Smoke run (numbers meaningless, checks the plumbing)::
 
@@ -55,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workdir", default="runs/posebench", help="checkpoints per network")
     ap.add_argument("--out", default="results/posebench", help="the table and its report")
     ap.add_argument("--no-measure", action="store_true", help="skip the latency measurement")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: measure the finished networks side by side (unless "
+                         "--no-measure) and write the table and report")
     ap.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     args = ap.parse_args(argv)
     for name in ("randoms", "epochs", "workers", "max_networks", "limit"):
@@ -92,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         todo = [e for e in entries if e.key not in results and (not only or e.key in only)]
         if args.max_networks:
             todo = todo[:args.max_networks]
+        if args.report_only:
+            todo = []
         log(f"{len(results)} of {len(entries)} networks done; training {len(todo)} with "
             f"{args.workers} worker(s), recipe {settings.recipe} {settings.recipe_settings}")
         status = pb.train_all(out, workdir, settings, todo, workers=args.workers, log=log)
