@@ -76,8 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    command = shlex.join(["python", "benchmarks/posebench.py", *(argv if argv is not None
-                                                                  else sys.argv[1:])])
+    given = list(argv if argv is not None else sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/posebench.py", *given])
+    # what reproduces the table: this command without the flags that only pace or narrow a run
+    reproduce = shlex.join(["python", "benchmarks/posebench.py", *_without(
+        given, flags=("--report-only", "--no-measure", "--json"),
+        valued=("--max-networks", "--only"))])
     out, workdir = Path(args.out), Path(args.workdir)
     try:
         settings = pb.proof_settings(args.data, randoms=args.randoms, epochs=args.epochs,
@@ -114,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                       "seconds": time.perf_counter() - t0,
                       "trained": sum(1 for e in todo if e.key in results),
                       "workers": args.workers, "machine": _machine()}
-        summary = pb.report(out, settings, entries, how, results, latency, command=command,
-                            invocation=invocation)
+        summary = pb.report(out, settings, entries, how, results, latency, command=reproduce,
+                            invocation=None if args.report_only and args.no_measure
+                            else invocation)
     except NasError as e:
         print(f"posebench: error: {e}", file=sys.stderr)
         return 2
@@ -130,6 +135,20 @@ def main(argv: list[str] | None = None) -> int:
               f"on {rc['n']} proof networks: Kendall tau {rc['kendall_tau']:.3f}, Spearman "
               f"{rc['spearman']:.3f}; report {out / 'README.md'}")
     return 130 if status == "interrupted" else 0
+
+
+def _without(argv: list[str], *, flags: tuple[str, ...], valued: tuple[str, ...]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in flags or any(a.startswith(v + "=") for v in valued):
+            continue
+        elif a in valued:
+            skip = True
+        else:
+            out.append(a)
+    return out
 
 
 def _machine() -> str:

@@ -395,11 +395,21 @@ def test_report_writes_the_table_and_the_recipe_check(bench, tmp_path, cheap_com
     assert check["networks"] == list(pb.PROOF_KEYS) and check["n"] == 8
     assert check["kendall_tau"] == pytest.approx(1.0) and check["spearman"] == pytest.approx(1.0)
     assert check["met"] is True and check["target_tau"] == 0.6
+    # mobilenetv2 is not a network of the space: the check is given without it as well
+    assert check["space_only"]["networks"] == list(pb.PROOF_KEYS[1:])
+    assert check["space_only"]["kendall_tau"] == pytest.approx(1.0)
     readme = (tmp_path / "README.md").read_text()
     assert "9 of 11 networks trained" in readme and "1 failed (random-6)" in readme
     assert "pending: 1" in readme and "Kendall tau 1.000" in readme and "met." in readme
     assert "| random-6 | draw | failed |" in readme and "| random-7 | draw | pending |" in readme
     assert "Not measured yet" in readme
+    assert "| random-3 | " in readme.split("## Latency")[0]   # the check's own table
+
+    # a report alone (invocation None) is not recorded as a run
+    before = (tmp_path / "invocations.json").read_text()
+    pb.report(tmp_path, settings, table_entries, how, results, None, command="x",
+              invocation=None)
+    assert (tmp_path / "invocations.json").read_text() == before
 
     # a second run appends its invocation; a worse short recipe fails the check
     worse = dict(results)

@@ -576,7 +576,11 @@ def recipe_check(table_rows: list[dict]) -> dict:
     shared = [r for r in table_rows if r["in_proof"] and r["status"] == "complete"]
     agreement = rank_agreement([r["pck_proof_30ep"] for r in shared],
                                [r["pck"] for r in shared])
+    in_space = [r for r in shared if r["predicted_ms_proof_table"] is not None]
+    space_only = rank_agreement([r["pck_proof_30ep"] for r in in_space],
+                                [r["pck"] for r in in_space])
     return {"networks": [r["key"] for r in shared], **agreement,
+            "space_only": {"networks": [r["key"] for r in in_space], **space_only},
             "short": [r["pck"] for r in shared], "long": [r["pck_proof_30ep"] for r in shared],
             "target_tau": 0.6,
             "met": bool(agreement["n"] == len(PROOF_KEYS)
@@ -585,7 +589,7 @@ def recipe_check(table_rows: list[dict]) -> dict:
 
 def report(out: Path, settings: BenchSettings, all_entries: list[Entry], how: dict,
            results: dict[str, dict], latency: dict | None, *, command: str,
-           invocation: dict) -> dict:
+           invocation: dict | None) -> dict:
     """Write table.parquet/.csv, summary.json and README.md; returns the summary."""
     import torch
 
@@ -624,9 +628,13 @@ def report(out: Path, settings: BenchSettings, all_entries: list[Entry], how: di
     return summary
 
 
-def _append_invocation(out: Path, invocation: dict) -> list[dict]:
+def _append_invocation(out: Path, invocation: dict | None) -> list[dict]:
+    """The runs that trained or measured so far, ``invocation`` appended (None: a report only,
+    which is not a run)."""
     path = out / "invocations.json"
     past = read_json(path, "the list of runs").get("runs", []) if path.exists() else []
+    if invocation is None:
+        return past
     runs = past + [invocation]
     write_json(path, {"runs": runs})
     return runs
@@ -681,7 +689,14 @@ def render(summary: dict, table_rows: list[dict]) -> str:
             f"{_f(rc['kendall_tau'], '.3f')} (p {_f(rc['kendall_p'], '.3f')}), Spearman "
             f"{_f(rc['spearman'], '.3f')}; target tau >= {rc['target_tau']}: "
             + ("met." if rc["met"] else ("**not met**." if rc["n"] == len(PROOF_KEYS)
-                                         else "pending (not all 8 trained).")))
+                                         else "pending (not all 8 trained)."))
+            + (f" Without mobilenetv2 (not a network of the space; the {rc['space_only']['n']} "
+               f"networks of the space): Kendall tau {_f(rc['space_only']['kendall_tau'], '.3f')}"
+               f", Spearman {_f(rc['space_only']['spearman'], '.3f')}."
+               if rc.get("space_only", {}).get("n", 0) >= 3 else ""))
+        lines += ["", "| network | short recipe | proof, 30 epochs |", "|---|---|---|"]
+        lines += [f"| {k} | {a:.2f} | {b:.2f} |"
+                  for k, a, b in zip(rc["networks"], rc["short"], rc["long"], strict=True)]
     else:
         lines.append("Pending: fewer than 3 proof networks trained.")
     lines += ["", "## Latency", ""]
