@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> dict:
     lines = px.fidelity(rows, scores, costs)
     in_window_here = [r for r in rows if r.get("latency_ratio_mobilenetv2") is not None
                       and 0.85 <= r["latency_ratio_mobilenetv2"] <= 1.0]
-    lines_here = px.fidelity(in_window_here, scores, costs) if len(in_window_here) >= 3 else []
+    lines_here = px.fidelity(in_window_here, scores, costs) if len(in_window_here) >= 8 else []
     best = max((x for x in lines if x["proxy"].startswith("supernet")
                 and not _nan(x["kendall_tau"])), key=lambda x: x["kendall_tau"], default=None)
     best_any = max((x for x in lines if not _nan(x["kendall_tau"])),

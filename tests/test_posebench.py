@@ -24,7 +24,11 @@ from supernets.errors import NasError
 from supernets.space import get_space
 
 REPO = Path(__file__).resolve().parents[1]
-LSP = Path("/work/shared/data/lsp")
+# the data lives in ../shared beside the checkout (CI's layout); a clone elsewhere reads this
+# machine's copy
+LSP = next((p for p in ((REPO / ".." / "shared" / "data" / "lsp").resolve(),
+                        Path("/work/shared/data/lsp")) if (p / "joints.mat").is_file()),
+           Path("/work/shared/data/lsp"))
 SCRIPT = REPO / "benchmarks" / "posebench.py"
 needs_lsp = pytest.mark.skipif(not (LSP / "joints.mat").is_file(), reason="no LSP data here")
 HW = (64, 64)
@@ -474,7 +478,7 @@ def test_script_smoke_one_network_then_refuses_other_settings(tmp_path, capsys,
     (MACs stubbed; training still happens in the script's spawned worker); the refused rerun is
     the real command line."""
     out, runs = tmp_path / "out", tmp_path / "runs"
-    code = _script().main(["--epochs", "1", "--limit", "8", "--randoms", "6",
+    code = _script().main(["--data", str(LSP), "--epochs", "1", "--limit", "8", "--randoms", "6",
                            "--max-networks", "1", "--only", "random-6", "--workdir", str(runs),
                            "--out", str(out), "--no-measure"])
     captured = capsys.readouterr()
@@ -494,7 +498,8 @@ def test_script_smoke_one_network_then_refuses_other_settings(tmp_path, capsys,
     assert (runs / "random-6" / "resume.pt").is_file()
     assert "Smoke run: at most 8 images" in (out / "README.md").read_text()
 
-    done = subprocess.run([sys.executable, str(SCRIPT), "--epochs", "2", "--limit", "8",
+    done = subprocess.run([sys.executable, str(SCRIPT), "--data", str(LSP), "--epochs", "2",
+                           "--limit", "8",
                            "--randoms", "6", "--max-networks", "1", "--only", "random-6",
                            "--workdir", str(runs), "--out", str(out), "--no-measure"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120,
@@ -516,7 +521,8 @@ def test_script_smoke_run_cannot_write_the_committed_table(tmp_path, monkeypatch
     for name in ("pin", "write_json", "entries", "load_results", "train_all", "report"):
         monkeypatch.setattr(pb, name, must_not_run)
     monkeypatch.chdir(REPO)           # the default --out, results/posebench, is the committed one
-    code = _script().main(["--limit", "8", "--workdir", str(tmp_path / "runs")])
+    code = _script().main(["--data", str(LSP), "--limit", "8", "--workdir",
+                           str(tmp_path / "runs")])
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""
     assert captured.err.count("\n") == 1
