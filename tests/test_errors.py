@@ -5,6 +5,7 @@ commands (test_search, test_train, test_lut_*, test_export)."""
 import errno
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -122,8 +123,12 @@ def test_ctrl_c_during_the_torch_import_of_a_real_process(tmp_path):
         "builtins.__import__ = hook\n"
         "from nas.cli import main\n"
         "sys.exit(main(['flops', 'mobilenetv2']))\n")
+    # a job started in the background by a non-interactive shell (CI scripts, nohup ... &)
+    # inherits SIGINT ignored, and Python then never installs its handler: give the child the
+    # default disposition, as a terminal would
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=120, check=False)
+                          cwd=tmp_path, timeout=120, check=False,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert (done.returncode, done.stdout, done.stderr) == (130, "", "nas: interrupted\n")
 
 
