@@ -316,7 +316,6 @@ class PathScorer:
 
     def __init__(self, supernet: SuperNet, cfg: OneShotConfig, *, bn_batches: int = 8,
                  images: int = 200, seed: int = 0):
-        from nas.pose import make_dataset
         from nas.search.rank import batches
 
         self.supernet, self.cfg = supernet, cfg
@@ -328,11 +327,9 @@ class PathScorer:
         n_bn = min(len(weight_idx), bn_batches * cfg.batch_size)
         bn_idx = [weight_idx[i] for i in torch.randperm(len(weight_idx), generator=g)[:n_bn]]
         self.bn = batches(augmented, bn_idx, cfg.batch_size, torch.device("cpu"), 0)
-        sk = space.skeleton
-        plain = make_dataset(cfg.data, "train", sk.input_size, sk.heatmap_size, seed=cfg.seed,
-                             augment=False, num_joints=sk.num_joints,
-                             limit=cfg.limit if cfg.data else cfg.train_samples,
-                             synthetic_size=cfg.train_samples)
+        plain, _, _ = split_datasets(space, cfg.data, seed=cfg.seed, arch_split=cfg.arch_split,
+                                     batch_size=cfg.batch_size, train_samples=cfg.train_samples,
+                                     augment=False, limit=cfg.limit)
         self.held_out = torch.utils.data.Subset(plain, sorted(arch_idx)[:images])
 
     @torch.no_grad()
