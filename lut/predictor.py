@@ -104,6 +104,11 @@ class LatencyPredictor:
         return space
 
     # -- a supernet under probabilities ------------------------------------------------------
+    def layer_costs(self, space: SearchSpace) -> list[_LayerCosts]:
+        """Per layer of ``space`` (fixed ones too), the raw row latency of every (input width,
+        candidate) pair, NaN where never built: what network latencies are sums of."""
+        return self._costs(space)
+
     def _costs(self, space: SearchSpace) -> list[_LayerCosts]:
         if space not in self._space_costs:
             layers = []

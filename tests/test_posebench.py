@@ -534,3 +534,33 @@ def test_script_refuses_bad_numbers(capsys):
     with pytest.raises(SystemExit) as info:
         _script().parse_args(["--randoms", "0"])
     assert info.value.code == 2 and "--randoms 0" in capsys.readouterr().err
+
+
+# -- search quality: scoring a search's pick on the table ----------------------------------------
+
+def test_percentile_counts_ties_half():
+    from nas.bench.search_quality import percentile
+
+    assert percentile(5.0, [1, 2, 3, 4]) == 100.0
+    assert percentile(0.0, [1, 2, 3, 4]) == 0.0
+    assert percentile(2.0, [1, 2, 3, 4]) == 37.5
+    assert percentile(2.5, [1, 2, 3, 4]) == 50.0
+
+
+def test_search_quality_runs_every_strategy_at_the_tables_setting():
+    from nas.bench.posebench import BenchSettings
+    from nas.bench.search_quality import QualitySettings, search_config
+
+    bench = BenchSettings(data="/data/lsp", budget_ms=8.499, table="t.parquet")
+    q = QualitySettings(supernet="s.pt", trials=50)
+    diff = search_config(q, bench, "differentiable", 1)
+    assert (diff.strategy, diff.seed, diff.epochs, diff.budget_ms) == ("differentiable", 1, 40,
+                                                                       8.499)
+    assert diff.input_size == (128, 128) and diff.num_joints == 14 and diff.data == "/data/lsp"
+    opt = search_config(q, bench, "optuna", 2)
+    assert (opt.strategy, opt.trials, opt.supernet, opt.seed) == ("optuna", 50, "s.pt", 2)
+    # the search's window lies inside the table's
+    low, high = (w * opt.budget_ms for w in opt.window)
+    assert bench.window_ms[0] <= low < high <= bench.window_ms[1]
+    with pytest.raises(NasError, match="--supernet"):
+        search_config(QualitySettings(), bench, "random", 0)

@@ -126,10 +126,12 @@ def test_budget_above_slowest_searches_for_accuracy_alone(lut_path, bounds, tmp_
     assert "accuracy alone" in err
 
 
-def test_resume_after_interruption_gives_the_same_architecture(lut_path, bounds, tmp_path):
+@pytest.mark.parametrize("mode", ["path", "reinforce"])
+def test_resume_after_interruption_gives_the_same_architecture(mode, lut_path, bounds, tmp_path):
     fast, slow = bounds
     cfg = dict(budget_ms=fast + 0.5 * (slow - fast), space="cpu-small", input_size=INPUT,
-               epochs=3, warmup_epochs=1, train_samples=40, batch_size=8, seed=3)
+               epochs=3, warmup_epochs=1, train_samples=40, batch_size=8, seed=3, mode=mode,
+               lam_control="expected" if mode == "reinforce" else "argmax")
     kw = dict(lut=str(lut_path), allow_foreign_lut=True, progress=False)
     full = search(SearchConfig(**cfg), tmp_path / "full", **kw)
 

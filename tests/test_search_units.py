@@ -136,3 +136,62 @@ def test_task_loss_reaches_every_choice_including_head_widths(space, mode):
     for k, label in enumerate(arch.labels):
         g = max(float(gs[k].abs().max()) for gs in grads)
         assert g > 1e-5, f"no task gradient for {label} ({g:.1e})"
+
+
+def test_reinforce_paths_follow_the_probabilities_and_log_prob_is_their_sum(space):
+    from scipy import stats
+
+    arch = ArchParameters(space.choice_layers())
+    with torch.no_grad():
+        arch.alphas[0].copy_(torch.linspace(-1.0, 1.0, len(arch.alphas[0])))
+    gen = torch.Generator().manual_seed(0)
+    paths = arch.sample_paths(gen, 3000)
+    label = arch.labels[0]
+    counts = np.bincount([p[label] for p in paths], minlength=len(arch.alphas[0]))
+    expected = arch.probs()[label].detach().double().numpy()
+    expected = expected / expected.sum() * len(paths)
+    assert stats.chisquare(counts, expected).pvalue > 0.001
+    lp = arch.log_prob(paths[0])
+    manual = sum(float(a.log_softmax(-1)[paths[0][lb]]) for lb, a in zip(arch.labels,
+                                                                          arch.alphas))
+    assert float(lp) == pytest.approx(manual)
+
+
+def test_reinforce_step_raises_the_probability_of_the_lower_loss_candidate(space, monkeypatch):
+    """A supernet whose loss is lower when the first layer takes candidate 0: after a few
+    architecture steps with no cost term, candidate 0 is the most probable there, and only the
+    layers whose choice changes the loss move much."""
+    from nas.search.searcher import SearchConfig, Searcher
+
+    class Pred:
+        def expected_latency(self, space, probs):
+            return torch.tensor(1.0, dtype=torch.float64) + 0 * sum(p.sum() for p in
+                                                                    probs.values())
+
+        def latency(self, spec):
+            return 1.0
+
+    cfg = SearchConfig(budget_ms=1.0, space="cpu-small", input_size=(64, 64), mode="reinforce",
+                       epochs=2, warmup_epochs=0, train_samples=16, batch_size=8,
+                       arch_lr=0.05, lam_control="expected", arch_samples=4)
+    searcher = Searcher(cfg, space, Pred(), [], [], accuracy_only=True)
+    first = searcher.arch.labels[0]
+    chosen = {}
+
+    class FakeSupernet(torch.nn.Module):
+        def forward(self, image, mixes):
+            chosen["i"] = mixes[first][0][0]
+            return torch.full((image.shape[0], 1, 2, 2), 0.0 if chosen["i"] == 0 else 1.0)
+
+    monkeypatch.setattr(searcher, "supernet", FakeSupernet())
+    import nas.pose
+
+    monkeypatch.setattr(nas.pose, "heatmap_loss",
+                        lambda out, target, weight: out.mean() + 1.0)
+    batch = {"image": torch.zeros(2, 3, 4, 4), "target": None, "target_weight": None}
+    for _ in range(40):
+        searcher._reinforce_step(batch)
+    probs = searcher.arch.probs()
+    assert int(probs[first].argmax()) == 0 and float(probs[first][0]) > 0.5
+    others = [float(probs[lb].max()) for lb in searcher.arch.labels[1:]]
+    assert max(others) < float(probs[first][0])

@@ -11,7 +11,9 @@ from nas.argtypes import (
     positive_int,
 )
 from nas.commands import INTERRUPTED, Result, given_flags
-from nas.search.budget import format_ms, parse_budget
+from nas.search.blackbox import OBJECTIVES, STRATEGIES
+from nas.search.budget import format_ms, parse_budgets
+from nas.search.oneshot import RULES
 from nas.search.relax import MODES
 from nas.search.searcher import SearchConfig
 
@@ -23,7 +25,12 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("--task", help="task (default pose, the only one)")
     p.add_argument("--budget", help="latency budget with a unit: 3ms, 800us, 0.004s "
-                   "(required unless --resume)")
+                   "(required unless --resume); with --pareto a list: 2ms,3ms,5ms")
+    p.add_argument("--strategy", choices=STRATEGIES,
+                   help="differentiable (default): one supernet trained with architecture "
+                        "weights; optuna: a trained supernet scores networks an Optuna sampler "
+                        "proposes (TPE; NSGA-II with --pareto); random: the same with uniform "
+                        "draws (the baseline)")
     p.add_argument("--space", help="search space (default cpu-base)")
     p.add_argument("--input", type=input_size, metavar="HxW", help="override the space's input")
     p.add_argument("--joints", type=positive_int, metavar="N",
@@ -45,6 +52,11 @@ def register(sub) -> None:
                    help="batch size of architecture steps (default: half the batch size)")
     p.add_argument("--train-samples", type=positive_int, help="synthetic images (default 1024)")
     p.add_argument("--mode", choices=MODES, help="relaxation (default path)")
+    p.add_argument("--arch-samples", type=positive_int,
+                   help="--mode reinforce: single paths scored per architecture step (default 4)")
+    p.add_argument("--lam-control", choices=("argmax", "expected"),
+                   help="steer lambda by the most probable network's latency (argmax, default) "
+                        "or by the expected latency (smooth)")
     p.add_argument("--lam", type=finite_float,
                    help="initial cost weight lambda (default 0.1; adapted)")
     p.add_argument("--tau", type=log_base,
@@ -54,6 +66,29 @@ def register(sub) -> None:
                    help="after the search, rank the derived network and N more drawn from the "
                         "learned probabilities by the supernet's held-out loss (default 0: "
                         "derivation alone; e.g. 32)")
+    g = p.add_argument_group("optuna and random strategies")
+    g.add_argument("--trials", type=positive_int,
+                   help="networks inside the window scored by the supernet (proxy evaluations, "
+                        "default 200); with --resume, extends the search")
+    g.add_argument("--objective", choices=OBJECTIVES,
+                   help="supernet score: held-out heatmap loss (default) or PCK@0.2")
+    g.add_argument("--supernet", metavar="PATH",
+                   help="a supernet trained before (oneshot.pt or supernet-eN.pt of a run's "
+                        "supernet/ folder) instead of training one (--epochs epochs)")
+    g.add_argument("--supernet-rule", choices=RULES,
+                   help="how the supernet trains: one uniform path per step (default), or the "
+                        "sandwich rule (largest, smallest and 2 random paths), -kd: distilled")
+    g.add_argument("--storage", metavar="URL",
+                   help="the study's storage: default OUT/study.journal; a journal file path, or "
+                        "an RDB URL (sqlite:///study.db, postgresql://user:pass@host/db) for "
+                        "workers on several machines (each with --supernet of the same file)")
+    g.add_argument("--study", metavar="NAME", help="study name in the storage (default "
+                   "nas-search)")
+    g.add_argument("--pareto", action="store_true",
+                   help="search the accuracy/latency front and pick one network per budget of "
+                        "--budget 2ms,3ms,5ms (pareto.csv, pareto.png, arch-<budget>.json)")
+    g.add_argument("--score-images", type=positive_int,
+                   help="held-out training images per proxy evaluation (default 200)")
     p.add_argument("--seed", type=non_negative_int, help="seed of everything random (default 0)")
     p.add_argument("--out", help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--resume", metavar="DIR", help="continue the search whose checkpoint is in DIR")
@@ -65,12 +100,19 @@ def register(sub) -> None:
 
 
 _CFG_ARGS = ("task", "space", "data", "epochs", "warmup_epochs", "batch_size", "arch_batch_size",
-             "train_samples", "mode", "lam", "tau", "arch_lr", "rank_samples", "seed", "device",
-             "threads")
-# what a resumed search takes from its checkpoint; --epochs extends it, --lut and
-# --allow-foreign-lut only say where its table is
+             "train_samples", "mode", "arch_samples", "lam_control", "lam", "tau", "arch_lr",
+             "rank_samples", "seed", "device",
+             "threads", "strategy", "trials", "objective", "supernet", "supernet_rule",
+             "storage", "study", "pareto", "score_images")
+# settings read by one kind of strategy only
+_DIFFERENTIABLE_ONLY = ("warmup_epochs", "arch_batch_size", "mode", "arch_samples",
+                        "lam_control", "lam", "tau", "arch_lr", "rank_samples")
+_PROPOSING_ONLY = ("trials", "objective", "supernet", "supernet_rule", "storage", "study",
+                   "pareto", "score_images")
+# what a resumed search takes from its checkpoint; --epochs (differentiable) or --trials
+# (optuna, random) extends it, --lut and --allow-foreign-lut only say where its table is
 _FIXED_ON_RESUME = ("budget", "input", "joints", "out", "force",
-                    *(k for k in _CFG_ARGS if k != "epochs"))
+                    *(k for k in _CFG_ARGS if k not in ("epochs", "trials")))
 
 
 def run(args) -> Result:
@@ -83,24 +125,50 @@ def run(args) -> Result:
             raise NasError(f"--resume {args.resume} continues a search with the settings in its "
                            f"checkpoint; it cannot change {', '.join(fixed)} (only --epochs, to "
                            "extend it)")
+        from pathlib import Path
+
+        from nas.search.run_blackbox import STATE_FILE
+
+        proposing = (Path(args.resume) / STATE_FILE).exists()
+        wrong = "epochs" if proposing and args.epochs else \
+            "trials" if not proposing and args.trials else None
+        if wrong:
+            raise NasError(f"--resume {args.resume}: --{wrong} does not extend this search "
+                           f"(a {'proposing' if proposing else 'differentiable'} one: use "
+                           f"--{'trials' if proposing else 'epochs'})")
         report = search(None, args.resume, lut=args.lut, allow_foreign_lut=args.allow_foreign_lut,
-                        progress=not args.no_progress, resume=True, epochs=args.epochs)
+                        progress=not args.no_progress, resume=True, epochs=args.epochs,
+                        trials=args.trials)
     else:
         if args.budget is None:
             raise NasError("--budget is required (e.g. --budget 3ms), unless --resume DIR")
-        kwargs = {k: getattr(args, k) for k in _CFG_ARGS if getattr(args, k) is not None}
-        cfg = SearchConfig(budget_ms=parse_budget(args.budget), input_size=args.input,
-                           num_joints=args.joints, **kwargs)
+        strategy = args.strategy or "differentiable"
+        foreign = given_flags(args, _PROPOSING_ONLY if strategy == "differentiable"
+                              else _DIFFERENTIABLE_ONLY)
+        if foreign:
+            raise NasError(f"{foreign[0]} is not a setting of --strategy {strategy}")
+        budgets = parse_budgets(args.budget)
+        kwargs = {k: getattr(args, k) for k in _CFG_ARGS
+                  if getattr(args, k) is not None and getattr(args, k) is not False}
+        cfg = SearchConfig(budget_ms=max(budgets), budgets_ms=budgets if len(budgets) > 1
+                           else None, input_size=args.input, num_joints=args.joints, **kwargs)
         report = search(cfg, args.out or DEFAULT_OUT, lut=args.lut,
                         allow_foreign_lut=args.allow_foreign_lut, progress=not args.no_progress,
                         force=args.force)
     if report.get("status") == "interrupted":
         return Result(f"search interrupted; checkpoint {report['checkpoint']}; continue with: "
                       f"{report['resume']}", report, status=INTERRUPTED)
-    if report.get("verdict") == "over_budget":
-        return Result(_text(report), report, status=EXIT_OVER_BUDGET,
-                      error=_over_budget(report))
-    return Result(_text(report), report)
+    text = _text_proposing(report) if "strategy" in report else _text(report)
+    over = [p for p in report.get("picks") or [] if p["verdict"] == "over_budget"]
+    if report.get("picks") and over:
+        return Result(text, report, status=EXIT_OVER_BUDGET,
+                      error="; ".join(f"budget {format_ms(p['budget_ms'])}: the pick measured "
+                                      f"{format_ms(p['measured_ms'])} = "
+                                      f"{p['measured_over_budget']:.2f}x (no arch file written)"
+                                      for p in over))
+    if report.get("verdict") == "over_budget" and not report.get("picks"):
+        return Result(text, report, status=EXIT_OVER_BUDGET, error=_over_budget(report))
+    return Result(text, report)
 
 
 EXIT_OVER_BUDGET = 3
@@ -115,6 +183,38 @@ def _over_budget(r: dict) -> str:
             f"measures {format_ms(fastest) if fastest else '?'} here; --budget "
             f"{format_ms(r['suggested_budget_ms'])} would be met by this network "
             f"(no arch.json written; details in {r['out']}/report.json)")
+
+
+def _text_proposing(r: dict) -> str:
+    s = r["search"]
+    lines = [f"strategy     {r['strategy']} ({s['sampler']}), {s['evaluations']} networks scored "
+             f"by the supernet, {s['proposed']} proposed ({s['outside_window']} outside the "
+             f"window, {s['repeats']} repeats); study {s['study']} in {s['storage']}",
+             f"supernet     {s['supernet']['rule']} rule, {s['supernet']['epochs']} epochs "
+             f"({s['supernet']['path']})"]
+    picks = r.get("picks") or [{**r, "arch_file": f"{r['out']}/arch.json", "choices": None}]
+    for p in picks:
+        w = p["window_ms"]
+        lines.append(f"budget       {format_ms(p['budget_ms'])}"
+                     + (f"   window {format_ms(w[0])} - {format_ms(w[1])}" if w else
+                        "   (every architecture fits: searched for accuracy alone)"))
+        lines.append(f"  pick       predicted {format_ms(p['predicted_ms'])}, supernet loss "
+                     f"{p['proxy']['loss']:.4e}, PCK {p['proxy']['pck']:.2f}")
+        if p["measured_ms"] is not None:
+            lines.append(f"  measured   {format_ms(p['measured_ms'])} = "
+                         f"{p['measured_over_budget']:.3f} x budget   verdict: {p['verdict']}")
+        else:
+            lines.append("  measured   - (table from another device: verdict unmeasured)")
+        if p["verdict"] != "over_budget":
+            lines.append(f"  written    {p.get('arch_file') or r['out'] + '/arch.json'}")
+    if r.get("front"):
+        lines.append(f"front        {len(r['front'])} networks in {r['out']}/pareto.csv "
+                     "(pareto.png)")
+    lines.append(f"MACs {r['macs'] / 1e6:.1f} M, params {r['params'] / 1e6:.3f} M"
+                 + (" (the largest budget's pick)" if r.get("picks") else ""))
+    lines.append("choices:")
+    lines += [f"  {x['label']:<16} {x['op']}" for x in r["layers"]]
+    return "\n".join(lines)
 
 
 def _text(r: dict) -> str:

@@ -7,7 +7,7 @@ import re
 
 from supernets.errors import NasError
 
-__all__ = ["format_ms", "parse_budget"]
+__all__ = ["format_ms", "parse_budget", "parse_budgets"]
 
 _UNITS_MS = {"s": 1e3, "ms": 1.0, "us": 1e-3, "µs": 1e-3}
 _BUDGET = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(s|ms|us|µs)\s*")
@@ -23,6 +23,22 @@ def parse_budget(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise NasError(f"--budget {text!r}: must be a positive time")
     return value
+
+
+def parse_budgets(text: str) -> list[float]:
+    """A comma-separated list of budgets (``2ms,3ms,5ms``) -> milliseconds, in order given;
+    NasError naming the malformed entry."""
+    parts = text.split(",")
+    out = []
+    for i, part in enumerate(parts, 1):
+        if not part.strip():
+            raise NasError(f"--budget {text!r}: entry {i} is empty; expected e.g. 2ms,3ms,5ms")
+        try:
+            out.append(parse_budget(part))
+        except NasError:
+            raise NasError(f"--budget {text!r}: entry {i} ({part.strip()!r}) is not a positive "
+                           "time with a unit (s, ms, us)") from None
+    return out
 
 
 def format_ms(ms: float) -> str:

@@ -69,6 +69,11 @@ class OneShotConfig:
     seed: int = 0
     threads: int | None = None
     extra: dict = field(default_factory=dict)
+    # a search's own space (its input and joints instead of a preset) and device; left out of
+    # ``to_dict`` while unset, so files written before they existed compare equal
+    input_size: tuple[int, int] | None = None
+    num_joints: int | None = None
+    device: str | None = None
 
     def __post_init__(self):
         if self.rule not in RULES:
@@ -82,16 +87,31 @@ class OneShotConfig:
         check_float("lr", self.lr, positive=True)
         check_float("weight_decay", self.weight_decay, non_negative=True)
         check_float("arch_split", self.arch_split, positive=True, below=1)
+        check_int("num_joints", self.num_joints, optional=True)
+        if self.input_size is not None:
+            self.input_size = tuple(self.input_size)
         self.snapshots = tuple(sorted(set(int(e) for e in self.snapshots)))
         bad = [e for e in self.snapshots if not 1 <= e <= self.epochs]
         if bad:
             raise NasError(f"snapshots {bad}: expected epochs from 1 to {self.epochs}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        for k in _LATER_FIELDS:
+            if d[k] is None:
+                del d[k]
+        return d
 
     def space_obj(self) -> SearchSpace:
-        return get_space(self.space, preset=self.preset)
+        return get_space(self.space, preset=self.preset, input_size=self.input_size,
+                         num_joints=self.num_joints)
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device or "cpu")
+
+
+_LATER_FIELDS = ("input_size", "num_joints", "device")
 
 
 def split_datasets(space: SearchSpace, data: str | None, *, seed: int, arch_split: float,
@@ -128,7 +148,8 @@ class OneShotTrainer:
             batch_size=cfg.batch_size, train_samples=cfg.train_samples, limit=cfg.limit)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.supernet = SuperNet(self.space).to(memory_format=torch.channels_last)
+            self.supernet = SuperNet(self.space).to(cfg.torch_device,
+                                                    memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(self.supernet.parameters(), lr=cfg.lr,
                                     weight_decay=cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed * 31 + 7)
@@ -167,7 +188,7 @@ class OneShotTrainer:
         order = torch.randperm(len(self.weight_idx), generator=g).tolist()
         bs = self.cfg.batch_size
         return collate(self.dataset, [self.weight_idx[order[k * bs + i]] for i in range(bs)],
-                       "cpu")
+                       self.cfg.torch_device)
 
     def train_step(self, batch: dict) -> float:
         from nas.pose import heatmap_loss
@@ -279,7 +300,8 @@ def train_oneshot(cfg: OneShotConfig, out: str | Path, *, progress: bool = True)
     path = out / "oneshot.pt"
     if path.exists():
         state = _load(path, "supernet checkpoint")
-        theirs = {k: v for k, v in state["config"].items() if k != "threads"}
+        theirs = {k: v for k, v in json.loads(json.dumps(state["config"])).items()
+                  if k != "threads"}
         mine = {k: v for k, v in json.loads(json.dumps(cfg.to_dict())).items() if k != "threads"}
         theirs["snapshots"] = list(theirs.get("snapshots", []))
         differ = [k for k in mine if k != "snapshots" and theirs.get(k) != mine[k]]
@@ -306,8 +328,12 @@ def load_snapshot(path: str | Path) -> tuple[SuperNet, OneShotConfig, dict]:
     """A trained supernet from a snapshot (or an ``oneshot.pt`` checkpoint)."""
     state = _load(Path(path), "supernet snapshot")
     cfg = OneShotConfig(**state["config"])
-    supernet = SuperNet(cfg.space_obj()).to(memory_format=torch.channels_last)
-    supernet.load_state_dict(state["supernet"])
+    supernet = SuperNet(cfg.space_obj()).to(cfg.torch_device, memory_format=torch.channels_last)
+    try:
+        supernet.load_state_dict(state["supernet"])
+    except (KeyError, RuntimeError) as e:
+        raise NasError(f"{path}: its weights do not fit its own config's space "
+                       f"({str(e).splitlines()[0]})") from None
     return supernet, cfg, state
 
 
@@ -326,7 +352,8 @@ class PathScorer:
         g = torch.Generator().manual_seed(seed * 104_729 + 5)
         n_bn = min(len(weight_idx), bn_batches * cfg.batch_size)
         bn_idx = [weight_idx[i] for i in torch.randperm(len(weight_idx), generator=g)[:n_bn]]
-        self.bn = batches(augmented, bn_idx, cfg.batch_size, torch.device("cpu"), 0)
+        self.device = cfg.torch_device
+        self.bn = batches(augmented, bn_idx, cfg.batch_size, self.device, 0)
         plain, _, _ = split_datasets(space, cfg.data, seed=cfg.seed, arch_split=cfg.arch_split,
                                      batch_size=cfg.batch_size, train_samples=cfg.train_samples,
                                      augment=False, limit=cfg.limit)
@@ -336,7 +363,7 @@ class PathScorer:
     def model(self, spec: ArchSpec) -> torch.nn.Module:
         """``spec``'s standalone network with the supernet's weights and its own BatchNorm
         statistics."""
-        model = self.supernet.standalone(spec).to(memory_format=torch.channels_last)
+        model = self.supernet.standalone(spec).to(self.device, memory_format=torch.channels_last)
         norms = [m for m in model.modules()
                  if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         for m in norms:
@@ -354,6 +381,6 @@ class PathScorer:
 
         t0 = time.perf_counter()
         result = evaluate_model(self.model(spec), self.held_out,
-                                batch_size=self.cfg.batch_size * 2)
+                                batch_size=self.cfg.batch_size * 2, device=self.device)
         return {"pck": result["mean"], "loss": result["loss"],
                 "seconds": time.perf_counter() - t0}

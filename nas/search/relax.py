@@ -13,6 +13,15 @@ One parameter vector ``alpha[label]`` per choice layer, ``p = softmax(alpha)``.
   only scales a single path, so a single drawn path carries no task gradient; the ratio between
   two paths does.
 
+- ``reinforce``: weight steps run one candidate per layer drawn uniformly (single-path one-shot,
+  as the ``path`` mode's); an architecture step runs ``k`` single paths drawn from ``p`` on one
+  batch, forward only, and moves ``alpha`` by the score-function gradient of their heatmap
+  loss (REINFORCE; each path's baseline is the mean loss of the others, its advantage divided
+  by the running mean loss, so the task term is relative and commensurate with the cost term).
+  The architecture step so scores exactly what the weights were trained as, single paths, and
+  what the proxy study found to rank standalone networks (results/posebench/proxies.md); no
+  blend of two paths that the weights never saw.
+
 Drop-path (weight steps of the all-candidate modes): each candidate is dropped with probability
 ``drop_path`` (at least one survives), so candidates cannot rely on each other.
 """
@@ -29,7 +38,7 @@ from supernets.supernet import Mix
 
 __all__ = ["MODES", "ArchParameters"]
 
-MODES = ("softmax", "gumbel", "path")
+MODES = ("softmax", "gumbel", "path", "reinforce")
 
 
 class ArchParameters(nn.Module):
@@ -74,7 +83,7 @@ class ArchParameters(nn.Module):
                 u = torch.rand(a.shape, generator=gen).clamp_(1e-9, 1 - 1e-9).to(a.device)
                 w = ((a - (-u.log()).log()) / temperature).softmax(-1)
                 out[label] = self._drop(list(enumerate(w)), gen, drop_path, arch_grad)
-            elif mode == "path":
+            elif mode == "path" or (mode == "reinforce" and not arch_grad):
                 out[label] = self._path(label, a, gen, arch_grad)
             else:
                 raise ValueError(f"unknown relaxation {mode!r}; expected one of {MODES}")
@@ -91,6 +100,27 @@ class ArchParameters(nn.Module):
         self._sampled[label] = drawn
         q = a[drawn].softmax(-1)
         return [(int(j), q[k]) for k, j in enumerate(drawn)]
+
+    @torch.no_grad()
+    def sample_paths(self, gen: torch.Generator, k: int) -> list[dict[str, int]]:
+        """``k`` single paths drawn from ``p`` (independently per layer): candidate indices."""
+        probs = [a.detach().softmax(-1).cpu() for a in self.alphas]
+        return [{lb: int(torch.multinomial(p, 1, generator=gen))
+                 for lb, p in zip(self.labels, probs, strict=True)} for _ in range(k)]
+
+    def log_prob(self, path: Mapping[str, int]) -> Tensor:
+        """log p(path) under the current ``alpha``, differentiable."""
+        return sum(a.log_softmax(-1)[path[lb]] for lb, a in zip(self.labels, self.alphas,
+                                                                 strict=True))
+
+    def layer_entropies(self) -> dict[str, float]:
+        """Per layer, the choice entropy normalised to [0, 1] (1 = uniform)."""
+        out = {}
+        for lb, a in zip(self.labels, self.alphas, strict=True):
+            p = a.detach().softmax(-1)
+            out[lb] = round(float(-(p * p.clamp_min(1e-12).log()).sum()
+                                  / torch.log(torch.tensor(float(len(p))))), 4)
+        return out
 
     @staticmethod
     def _drop(mix: list, gen: torch.Generator, drop_path: float, arch_grad: bool) -> Mix:

@@ -31,8 +31,9 @@ def plot_search(history: list[dict], names: dict[str, list[str]], budget_ms: flo
     final_best = {lb: int(np.argmax(history[-1]["probs"][lb])) for lb in labels}
     top = np.array([[h["probs"][lb][final_best[lb]] for h in history] for lb in labels])
     epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 3 + 0.22 * len(labels)),
-                                   gridspec_kw={"height_ratios": [max(2, len(labels) / 6), 1]})
+    fig, (ax1, ax2, ax4) = plt.subplots(
+        3, 1, figsize=(9, 4.5 + 0.22 * len(labels)),
+        gridspec_kw={"height_ratios": [max(2, len(labels) / 6), 1, 0.8]})
     im = ax1.imshow(top, aspect="auto", cmap="viridis", vmin=0, vmax=1,
                     extent=(epochs[0] - 0.5, epochs[-1] + 0.5, len(labels) - 0.5, -0.5))
     ax1.set_yticks(range(len(labels)))
@@ -50,6 +51,17 @@ def plot_search(history: list[dict], names: dict[str, list[str]], budget_ms: flo
     lines = ax2.get_legend_handles_labels()
     extra = ax3.get_legend_handles_labels()
     ax2.legend(lines[0] + extra[0], lines[1] + extra[1], loc="upper left", fontsize=8, ncol=4)
+    per_layer = [h.get("layer_entropy") for h in history]
+    if all(per_layer):
+        ent = np.array([[pl[lb] for lb in labels] for pl in per_layer])
+        ax4.fill_between(epochs, ent.min(1), ent.max(1), alpha=0.25, label="layers' range")
+        ax4.plot(epochs, ent.mean(1), "-", label="mean")
+    else:
+        ax4.plot(epochs, [h["entropy"] for h in history], "-", label="mean")
+    ax4.set_ylim(0, 1.05)
+    ax4.set_ylabel("entropy / max")
+    ax4.set_xlabel("epoch")
+    ax4.legend(loc="lower left", fontsize=8, ncol=2)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -8,6 +8,7 @@ import math
 import platform
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from supernets.fileio import check_writable_dir, clear_run_files, refuse_used_ou
 from supernets.flops import complexity
 from supernets.space import SearchSpace, get_space
 
-__all__ = ["prepare", "search"]
+__all__ = ["Setup", "budget_window", "prepare", "search", "setup"]
 
 TASKS = ("pose",)
 MEASURE_CHECKS = 3   # networks measured at most before the verdict
@@ -32,7 +33,9 @@ MEASURED_OK = (0.85, 1.0)  # measured / budget that ends the measured checks
 OVER_BUDGET = 1.05   # measured / budget above this: the search fails (measurement noise below)
 # what a search writes into its folder: a new search refuses a folder holding any (or, forced,
 # deletes these and nothing else)
-RUN_FILES = ("checkpoint.pt", "log.jsonl", "arch.json", "report.json", "search.png")
+RUN_FILES = ("checkpoint.pt", "log.jsonl", "arch.json", "report.json", "search.png",
+             # strategies that propose networks (nas.search.run_blackbox)
+             "strategy.json", "trials.csv", "study.journal", "pareto.csv", "pareto.png")
 
 
 def _space(cfg: SearchConfig) -> SearchSpace:
@@ -128,9 +131,22 @@ class _Subset(torch.utils.data.Dataset):
             self.base.set_epoch(epoch)
 
 
-def prepare(cfg: SearchConfig, *, lut: str | None = None, allow_foreign_lut: bool = False,
-            progress: bool = True, resumed: bool = False) -> Searcher:
-    """Everything up to the first training step; raises NasError before any output exists.
+@dataclass
+class Setup:
+    """What every strategy needs before its first step: the space, the table and the corrected
+    predictor, the probe, the space's predicted bounds and whether the budget constrains."""
+    cfg: SearchConfig
+    space: SearchSpace
+    table: object
+    predictor: object
+    probe: object | None
+    bounds_ms: tuple[float, float]
+    accuracy_only: bool
+
+
+def setup(cfg: SearchConfig, *, lut: str | None = None, allow_foreign_lut: bool = False,
+          progress: bool = True, resumed: bool = False) -> Setup:
+    """Table, probe and budget checks; raises NasError before any output exists.
 
     A new search probes its table first (``lut.probe``) and predicts with the table's latency
     times the probe's ratio for the whole run (``cfg.latency_correction``); a resumed one keeps
@@ -149,24 +165,40 @@ def prepare(cfg: SearchConfig, *, lut: str | None = None, allow_foreign_lut: boo
         print(f"nas: speed probe of {table.path}: {probe.describe()}", file=sys.stderr)
     predictor = lutlib.LatencyPredictor(table).corrected(cfg.latency_correction)
     (_, fast_ms), (_, slow_ms) = predictor.bounds(space)
-    high = cfg.window[1] * cfg.budget_ms
-    if fast_ms > cfg.budget_ms:
+    budgets = cfg.budgets_ms or (cfg.budget_ms,)
+    if fast_ms > min(budgets):
         h, w = space.skeleton.input_size
         seen = (f"measures {format_ms(probe.fastest_ms)} here (speed probe)"
                 if probe is not None and probe.fastest_ms else f"takes {format_ms(fast_ms)}")
         raise NasError(
-            f"budget {format_ms(cfg.budget_ms)} is out of reach on this device: the fastest "
+            f"budget {format_ms(min(budgets))} is out of reach on this device: the fastest "
             f"architecture of space {space.name} at {h}x{w} {seen} (table {table.path}); use "
             f"--budget {format_ms(_round_up(fast_ms / cfg.window[1]))} or more, or a smaller "
             "space or input")
-    accuracy_only = slow_ms <= high
+    accuracy_only = slow_ms <= cfg.window[1] * cfg.budget_ms
     if accuracy_only:
         print(f"nas: every architecture of {space.name} is within the budget (slowest "
               f"{format_ms(slow_ms)}); searching for accuracy alone", file=sys.stderr)
-    train_set, arch_set = _datasets(cfg, space)
-    searcher = Searcher(cfg, space, predictor, train_set, arch_set, accuracy_only=accuracy_only,
-                        bounds_ms=(fast_ms, slow_ms))
-    searcher.probe = probe.to_dict() if probe is not None else None
+    return Setup(cfg, space, table, predictor, probe, (fast_ms, slow_ms), accuracy_only)
+
+
+def budget_window(cfg: SearchConfig, budget_ms: float, fastest_ms: float) -> tuple[float, float]:
+    """The predicted-latency window of a budget: ``cfg.window`` x budget, its top widened up to
+    the budget itself when the space's fastest network is just above it."""
+    low, high = (w * budget_ms for w in cfg.window)
+    return low, max(high, min(budget_ms, fastest_ms))
+
+
+def prepare(cfg: SearchConfig, *, lut: str | None = None, allow_foreign_lut: bool = False,
+            progress: bool = True, resumed: bool = False) -> Searcher:
+    """Everything up to the first training step of a differentiable search (``setup``, data,
+    supernet); raises NasError before any output exists."""
+    s = setup(cfg, lut=lut, allow_foreign_lut=allow_foreign_lut, progress=progress,
+              resumed=resumed)
+    train_set, arch_set = _datasets(cfg, s.space)
+    searcher = Searcher(cfg, s.space, s.predictor, train_set, arch_set,
+                        accuracy_only=s.accuracy_only, bounds_ms=s.bounds_ms)
+    searcher.probe = s.probe.to_dict() if s.probe is not None else None
     return searcher
 
 
@@ -178,12 +210,20 @@ def _round_up(ms: float) -> float:
 
 def search(cfg: SearchConfig | None, out: Path, *, lut: str | None = None,
            allow_foreign_lut: bool = False, progress: bool = True, resume: bool = False,
-           epochs: int | None = None, force: bool = False, on_step=None) -> dict:
+           epochs: int | None = None, trials: int | None = None, force: bool = False,
+           on_step=None) -> dict:
     """Run a search writing into ``out``, or resume the one there (``cfg`` from its checkpoint;
-    ``epochs`` may extend it). A new search refuses an ``out`` holding another search's files
-    unless ``force``, which deletes them (``RUN_FILES`` only) once every input has been
-    checked. Returns the report, or a status dict if stopped early."""
+    ``epochs`` may extend a differentiable one, ``trials`` one that proposes networks). A new
+    search refuses an ``out`` holding another search's files unless ``force``, which deletes
+    them (``RUN_FILES`` only) once every input has been checked. Returns the report, or a
+    status dict if stopped early."""
+    from nas.search.blackbox import BLACKBOX
+    from nas.search.run_blackbox import STATE_FILE, search_blackbox
+
     out = Path(out)
+    if (out / STATE_FILE).exists() if resume else cfg.strategy in BLACKBOX:
+        return search_blackbox(cfg, out, lut=lut, allow_foreign_lut=allow_foreign_lut,
+                               progress=progress, resume=resume, trials=trials, force=force)
     ckpt = out / "checkpoint.pt"
     state = None
     if resume:
@@ -267,6 +307,8 @@ def _measured_checks(searcher: Searcher, probs: dict, ranked: list[dict],
                   and tuple(sorted(c["spec"].choices.items())) not in tried]
         if inside:
             candidate = inside[0]
+        elif probs is None:
+            break  # proposed networks only: none left inside the corrected window
         else:
             again = derive(space, probs, predictor.latency, window, name=name)
             if tuple(sorted(again.spec.choices.items())) in tried:
@@ -299,9 +341,7 @@ def _finish(searcher: Searcher, out: Path) -> dict:
     probs = {lb: p.detach().cpu() for lb, p in searcher.arch.probs().items()}
     window = None
     if not searcher.accuracy_only:
-        low, high = (w * cfg.budget_ms for w in cfg.window)
-        # a budget just above the fastest network: widen the top up to the budget itself
-        window = (low, max(high, min(cfg.budget_ms, searcher.bounds_ms[0])))
+        window = budget_window(cfg, cfg.budget_ms, searcher.bounds_ms[0])
     name = f"{space.name}-{_budget_tag(cfg)}"
     d = derive(space, probs, predictor.latency, window, name=name)
     if cfg.rank_samples > 0:
@@ -365,14 +405,7 @@ def _finish(searcher: Searcher, out: Path) -> dict:
         "layers": layers,
         "lam_trajectory": searcher.lam_trajectory,
         "final_entropy": searcher.arch.entropy(),
-        "config": cfg.to_dict(),
-        "seed": cfg.seed,
-        "versions": {"nas": nas.__version__, "torch": torch.__version__,
-                     "numpy": np.__version__, "python": platform.python_version()},
-        "lut": {"path": str(table.path), "sha256": _sha256(Path(table.path)),
-                "fingerprint": table.fingerprint},
-        "command": shlex.join(["nas", *sys.argv[1:]]) if Path(sys.argv[0]).name == "nas"
-        else shlex.join(sys.argv),
+        **provenance(cfg, table),
     }
     if verdict == "over_budget":
         # no arch.json: nothing downstream may take a network over its budget for the result
@@ -387,8 +420,26 @@ def _finish(searcher: Searcher, out: Path) -> dict:
     return report
 
 
+def provenance(cfg: SearchConfig, table) -> dict:
+    """Config, seed, versions, table and command: what a report needs to be reproduced."""
+    return {
+        "config": cfg.to_dict(),
+        "seed": cfg.seed,
+        "versions": {"nas": nas.__version__, "torch": torch.__version__,
+                     "numpy": np.__version__, "python": platform.python_version()},
+        "lut": {"path": str(table.path), "sha256": _sha256(Path(table.path)),
+                "fingerprint": table.fingerprint},
+        "command": shlex.join(["nas", *sys.argv[1:]]) if Path(sys.argv[0]).name == "nas"
+        else shlex.join(sys.argv),
+    }
+
+
+def budget_tag(budget_ms: float) -> str:
+    return format_ms(budget_ms).replace(".", "p")
+
+
 def _budget_tag(cfg: SearchConfig) -> str:
-    return format_ms(cfg.budget_ms).replace(".", "p")
+    return budget_tag(cfg.budget_ms)
 
 
 def _sha256(path: Path) -> str:

@@ -81,7 +81,14 @@ class SearchConfig:
     arch_batch_size: int | None = None
     train_samples: int = 1024           # synthetic data: images generated for the search
     arch_split: float = 0.2             # share of the training data for architecture steps
-    mode: str = "path"                  # softmax | gumbel | path (see nas.search.relax)
+    mode: str = "path"                  # softmax | gumbel | path | reinforce (nas.search.relax)
+    arch_samples: int = 4               # reinforce: single paths per architecture step
+    # how lambda is steered: "argmax" (a dual variable stepped after every architecture step by
+    # the most probable network's latency) or "expected" (proportional to how far E[latency]
+    # lies outside the window, zero inside it: a hinge, so inside the window the task term
+    # alone moves alpha, and no integrator to wind up and cycle)
+    lam_control: str = "argmax"
+    lam_gain: float = 20.0              # expected: lambda per unit of (E[latency]/budget) outside
     drop_path: float = 0.0              # softmax/gumbel weight steps
     lam: float = 0.1                    # initial weight of the cost term (adapted, may go negative)
     lam_step: float = 0.05              # dual step per architecture step, per unit of L/B error
@@ -112,9 +119,56 @@ class SearchConfig:
     # probe before training (lut.probe: this machine now / when the table was built), kept in
     # the checkpoint so that a resumed search predicts exactly as it started
     latency_correction: float = 1.0
+    # how networks are found: "differentiable" (this module), or proposed whole and scored on a
+    # trained supernet, "optuna" (TPE; NSGA-II with pareto) or "random" (nas.search.blackbox);
+    # for those, ``epochs`` are the supernet's training epochs
+    strategy: str = "differentiable"
+    trials: int = 200                   # distinct networks scored by the supernet (proxy evals)
+    objective: str = "loss"             # supernet score: held-out heatmap "loss" or "pck"
+    supernet_rule: str = "uniform"      # nas.search.oneshot.RULES
+    supernet: str | None = None         # a supernet trained before (snapshot or oneshot.pt)
+    storage: str | None = None          # study storage: journal path or RDB URL (default: OUT)
+    study: str = "nas-search"           # study name inside the storage
+    pareto: bool = False                # accuracy/latency front; one pick per budget
+    budgets_ms: tuple[float, ...] | None = None  # pareto: every budget (budget_ms: the largest)
+    score_images: int = 200             # held-out training images per proxy evaluation
+    score_bn_batches: int = 8           # weight-split batches to recompute BatchNorm statistics
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        from nas.search.blackbox import BLACKBOX, OBJECTIVES, STRATEGIES
+        from nas.search.oneshot import RULES
+
+        if self.strategy not in STRATEGIES:
+            raise NasError(f"--strategy {self.strategy!r}: expected one of "
+                           f"{', '.join(STRATEGIES)}")
+        if self.objective not in OBJECTIVES:
+            raise NasError(f"--objective {self.objective!r}: expected one of "
+                           f"{', '.join(OBJECTIVES)}")
+        if self.supernet_rule not in RULES:
+            raise NasError(f"--supernet-rule {self.supernet_rule!r}: expected one of "
+                           f"{', '.join(RULES)}")
+        check_int("trials", self.trials)
+        check_int("arch_samples", self.arch_samples, minimum=2)
+        if self.lam_control not in ("argmax", "expected"):
+            raise NasError(f"--lam-control {self.lam_control!r}: expected argmax or expected")
+        check_int("score_images", self.score_images)
+        check_int("score_bn_batches", self.score_bn_batches)
+        if self.budgets_ms is not None:
+            self.budgets_ms = tuple(sorted(float(b) for b in self.budgets_ms))
+            if len(self.budgets_ms) != len(set(self.budgets_ms)):
+                raise NasError(f"--budget: {self.budgets_ms} lists a budget twice")
+        if self.pareto:
+            if self.strategy not in BLACKBOX:
+                raise NasError("--pareto needs --strategy optuna or random (a front of scored "
+                               "networks)")
+            if not self.budgets_ms or len(self.budgets_ms) < 2:
+                raise NasError("--pareto: give several budgets, e.g. --budget 2ms,3ms,5ms (one "
+                               "search, one network per budget)")
+            self.budget_ms = self.budgets_ms[-1]
+        elif self.budgets_ms is not None and len(self.budgets_ms) > 1:
+            raise NasError(f"--budget: {len(self.budgets_ms)} budgets need --pareto (one network "
+                           "per budget from one search)")
         if self.mode not in MODES:
             raise NasError(f"--mode {self.mode!r}: expected one of {', '.join(MODES)}")
         if not (isinstance(self.budget_ms, int | float) and math.isfinite(self.budget_ms)
@@ -130,6 +184,7 @@ class SearchConfig:
                       optional=True)
         check_float("lam", self.lam)
         check_float("lam_step", self.lam_step, non_negative=True)
+        check_float("lam_gain", self.lam_gain, non_negative=True)
         check_float("tau", self.tau, positive=True, not_one=True)  # log(tau) divides the cost
         for name in ("weight_lr", "arch_lr", "temperature", "temperature_decay"):
             check_float(name, getattr(self, name), positive=True)
@@ -179,6 +234,7 @@ class Searcher:
         self.step = 0
         self.history: list[dict] = []
         self.lam_trajectory: list[tuple[int, float]] = [(0, self.lam)]
+        self.loss_scale: float | None = None   # reinforce: running mean of the paths' loss
         self._stop = False
         self.bounds_ms = bounds_ms  # (fastest, slowest) predicted latency of the space
         table_path = getattr(getattr(predictor, "table", None), "path", None)
@@ -214,7 +270,7 @@ class Searcher:
         return self.predictor.expected_latency(self.space, self.arch.probs())
 
     def _weight_step(self, batch: dict, warmup: bool, temperature: float) -> float:
-        uniform = warmup or self.cfg.mode == "path"
+        uniform = warmup or self.cfg.mode in ("path", "reinforce")
         mixes = self.arch.mixes(self.cfg.mode, self.gen, arch_grad=False, uniform=uniform,
                                 temperature=temperature, drop_path=self.cfg.drop_path)
         loss = self._task_loss(batch, mixes)
@@ -223,8 +279,38 @@ class Searcher:
         self.opt_w.step()
         return float(loss.detach())
 
+    def _reinforce_step(self, batch: dict) -> dict:
+        """Score-function architecture step over ``arch_samples`` single paths (relax docs)."""
+        from nas.pose import heatmap_loss
+
+        cfg = self.cfg
+        paths = self.arch.sample_paths(self.gen, cfg.arch_samples)
+        losses = []
+        with torch.no_grad():
+            for path in paths:
+                out = self.supernet(batch["image"], {lb: [(i, 1.0)] for lb, i in path.items()})
+                losses.append(float(heatmap_loss(out, batch["target"], batch["target_weight"])))
+        mean = float(np.mean(losses))
+        self.loss_scale = mean if self.loss_scale is None else 0.9 * self.loss_scale + 0.1 * mean
+        k = len(losses)
+        advantages = [(loss - (k * mean - loss) / (k - 1)) / self.loss_scale for loss in losses]
+        task = sum(a * self.arch.log_prob(path) for a, path in zip(advantages, paths,
+                                                                   strict=True)) / k
+        expected = self.expected_latency()
+        cost = (torch.log(expected) / math.log(cfg.tau)).to(task.device, task.dtype)
+        loss = task + self.lam * cost
+        self.opt_a.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_a.step()
+        argmax_ms = self.argmax_latency()
+        self._adapt_lambda(argmax_ms if cfg.lam_control == "argmax" else float(expected.detach()))
+        return {"arch_loss": mean, "expected_ms": float(expected.detach()),
+                "argmax_ms": argmax_ms}
+
     def _arch_step(self, batch: dict, temperature: float) -> dict:
         cfg = self.cfg
+        if cfg.mode == "reinforce":
+            return self._reinforce_step(batch)
         before = {lb: a.detach().clone() for lb, a in zip(self.arch.labels, self.arch.alphas)}
         mixes = self.arch.mixes(cfg.mode, self.gen, arch_grad=True, temperature=temperature)
         task = self._task_loss(batch, mixes)
@@ -240,7 +326,7 @@ class Searcher:
         if cfg.mode == "path":
             self.arch.rescale_sampled(before)
         argmax_ms = self.argmax_latency()
-        self._adapt_lambda(argmax_ms)
+        self._adapt_lambda(argmax_ms if cfg.lam_control == "argmax" else float(expected.detach()))
         return {"arch_loss": float(loss.detach()), "expected_ms": float(expected.detach()),
                 "argmax_ms": argmax_ms}
 
@@ -251,15 +337,20 @@ class Searcher:
     def argmax_latency(self) -> float:
         return self.predictor.latency(self.argmax_spec())
 
-    def _adapt_lambda(self, argmax_ms: float) -> None:
-        """Steer by the latency of the architecture derivation would start from (the argmax),
-        not by the expected latency: the two differ most once the choices sharpen."""
+    def _adapt_lambda(self, latency_ms: float) -> None:
+        """Lambda from ``latency_ms``: a dual step by the most probable network's latency
+        (``lam_control="argmax"``: what derivation starts from, but it jumps as the argmax
+        changes), or ``lam_gain`` x how far the expected latency lies outside the window
+        (``"expected"``: smooth in ``alpha``, zero inside the window)."""
         if self.accuracy_only:
             return
-        ratio = argmax_ms / self.cfg.budget_ms
+        ratio = latency_ms / self.cfg.budget_ms
         low, high = self.cfg.window
         error = ratio - high if ratio > high else ratio - low if ratio < low else 0.0
-        self.lam = min(max(self.lam + self.cfg.lam_step * error, -10.0), 10.0)
+        if self.cfg.lam_control == "expected":
+            self.lam = min(max(self.cfg.lam_gain * error, -10.0), 10.0)
+        else:
+            self.lam = min(max(self.lam + self.cfg.lam_step * error, -10.0), 10.0)
 
     # -- loop ------------------------------------------------------------------------------
     def run(self, checkpoint: Path | None, *, progress: bool = True,
@@ -329,6 +420,7 @@ class Searcher:
             "argmax_ms": self.argmax_latency(),
             "lam": self.lam,
             "entropy": self.arch.entropy(),
+            "layer_entropy": self.arch.layer_entropies(),
             "temperature": temperature if self.cfg.mode == "gumbel" else None,
             "seconds": time.perf_counter() - stats["start"],
             "probs": probs,
@@ -349,6 +441,7 @@ class Searcher:
             "opt_w": self.opt_w.state_dict(),
             "opt_a": self.opt_a.state_dict(),
             "lam": self.lam,
+            "loss_scale": self.loss_scale,
             "gen": self.gen.get_state(),
             "history": self.history,
             "lam_trajectory": self.lam_trajectory,
@@ -363,6 +456,7 @@ class Searcher:
         self.opt_w.load_state_dict(state["opt_w"])
         self.opt_a.load_state_dict(state["opt_a"])
         self.lam = state["lam"]
+        self.loss_scale = state.get("loss_scale")
         self.gen.set_state(state["gen"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.history = state["history"]

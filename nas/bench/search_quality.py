@@ -1,0 +1,200 @@
+"""A search scored on the ground truth: where its pick ranks among the posebench networks.
+
+For each strategy and seed, ``nas search`` runs at the posebench setting (the proof's space at
+LSP's preset, the proof's latency table, budget = mobilenetv2's latency as the proof measured
+it, so the search's window [0.87, 0.97] x budget lies inside the table's [0.85, 1.0]). Its pick
+is looked up among the table's networks by its choices; one that is not there is trained with
+the table's own recipe (``nas.bench.posebench.train_all``), so every pick has a PCK@0.2 on LSP's
+test split measured exactly as the table's networks were. The figure is the pick's percentile
+among the table's networks inside the window (ties count half), with the search's wall time and
+the proxy evaluations it used.
+
+Searches run in ``workdir/<strategy>-s<seed>`` and resume there; picks train in
+``workdir/train/<key>`` with checkpoints; results of picks are files under ``out/networks/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nas.bench import posebench as pb
+from supernets.errors import NasError
+from supernets.fileio import write_atomic
+from supernets.spec import ArchSpec
+
+__all__ = ["QualitySettings", "percentile", "run_searches", "score"]
+
+
+@dataclass
+class QualitySettings:
+    strategies: tuple[str, ...] = ("differentiable", "optuna", "random")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    trials: int = 300                    # proxy evaluations of optuna and random
+    supernet: str | None = None          # optuna/random: a trained supernet (snapshot)
+    search_epochs: int = 40              # differentiable: the proof's
+    differentiable: dict = field(default_factory=dict)  # SearchConfig overrides
+    threads: int = 1
+
+    def __post_init__(self):
+        self.strategies = tuple(self.strategies)
+        self.seeds = tuple(int(s) for s in self.seeds)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def search_config(q: QualitySettings, bench: pb.BenchSettings, strategy: str, seed: int):
+    from nas.search.searcher import SearchConfig
+    from supernets.space import get_space
+
+    space = get_space(bench.space, preset=bench.preset)
+    common = {"budget_ms": bench.budget_ms, "space": bench.space,
+              "input_size": tuple(space.skeleton.input_size),
+              "num_joints": space.skeleton.num_joints, "data": bench.data, "seed": seed,
+              "threads": q.threads, "strategy": strategy}
+    if strategy == "differentiable":
+        return SearchConfig(**common, epochs=q.search_epochs, **q.differentiable)
+    if not q.supernet:
+        raise NasError(f"--strategy {strategy}: give the trained supernet to search over "
+                       "(--supernet, e.g. runs/proxies/uniform/supernet-e20.pt)")
+    return SearchConfig(**common, trials=q.trials, supernet=q.supernet)
+
+
+def run_searches(q: QualitySettings, bench: pb.BenchSettings, workdir: Path, *,
+                 log=print, progress: bool = False) -> dict[str, dict]:
+    """Every (strategy, seed) search, resumed where it stopped: ``{key: report}``; a search
+    interrupted (Ctrl-C) stops the whole run (``KeyboardInterrupt``)."""
+    from nas.search.run import search
+    from nas.search.run_blackbox import STATE_FILE
+
+    reports = {}
+    table = pb.REPO / bench.table if not Path(bench.table).is_absolute() else Path(bench.table)
+    for strategy in q.strategies:
+        for seed in q.seeds:
+            key = f"{strategy}-s{seed}"
+            out = workdir / key
+            done = out / "report.json"
+            if done.is_file():
+                reports[key] = json.loads(done.read_text())
+                continue
+            resume = (out / STATE_FILE).is_file() or (out / "checkpoint.pt").is_file()
+            log(f"{'continuing' if resume else 'running'} search {key} in {out}")
+            t0 = time.perf_counter()
+            cfg = None if resume else search_config(q, bench, strategy, seed)
+            report = search(cfg, out, lut=str(table), allow_foreign_lut=True,
+                            progress=progress, resume=resume)
+            if report.get("status") == "interrupted":
+                raise KeyboardInterrupt
+            report["wall_seconds_this_run"] = time.perf_counter() - t0
+            write_atomic(done, json.dumps(report, indent=2, default=str) + "\n")
+            reports[key] = report
+    return reports
+
+
+def percentile(value: float, population: list[float]) -> float:
+    """Share of ``population`` below ``value`` (ties count half), in percent."""
+    pop = np.asarray(population, dtype=float)
+    return float(100.0 * ((pop < value).sum() + 0.5 * (pop == value).sum()) / len(pop))
+
+
+def _choices_key(choices: dict) -> str:
+    return json.dumps(dict(sorted(choices.items())), separators=(",", ":"))
+
+
+def score(q: QualitySettings, bench: pb.BenchSettings, reports: dict[str, dict], out: Path,
+          workdir: Path, *, workers: int = 1, log=print) -> dict:
+    """Every pick's ground-truth PCK (looked up, else trained with the table's recipe) and its
+    percentile among the table's networks of the window; the summary by strategy."""
+    table = pb.load_table(pb.REPO / "results" / "posebench")
+    low, high = bench.window_ms
+    inside = table[(table["status"] == "complete")
+                   & table["predicted_ms_proof_table"].between(low, high)]
+    by_choices = {_choices_key(json.loads(a)["choices"]): (k, p)
+                  for k, a, p in zip(inside["key"], inside["arch"], inside["pck"], strict=True)}
+    picks, todo = {}, []
+    for key, r in reports.items():
+        spec = ArchSpec.from_dict(r["arch"], where=f"{key}/report.json")
+        found = by_choices.get(_choices_key(spec.choices))
+        picks[key] = {"spec": spec, "in_table": found[0] if found else None,
+                      "pck": found[1] if found else None}
+        if not found:
+            todo.append(pb.Entry(f"pick-{key}", spec, "pick", predicted_ms=r.get("predicted_ms")))
+    results = pb.load_results(out, bench)
+    todo = [e for e in todo if e.key not in results]
+    if todo:
+        log(f"training {len(todo)} pick(s) with the table's recipe")
+        status = pb.train_all(out, workdir / "train", bench, todo, workers=workers, log=log)
+        if status == "interrupted":
+            raise KeyboardInterrupt
+        results = pb.load_results(out, bench)
+    population = inside["pck"].tolist()
+    rows = []
+    for key, p in picks.items():
+        r = reports[key]
+        strategy, seed = key.rsplit("-s", 1)
+        trained = results.get(f"pick-{key}")
+        pck = p["pck"] if p["in_table"] else (trained or {}).get("pck")
+        search = r.get("search") or {}
+        rows.append({
+            "key": key, "strategy": strategy, "seed": int(seed),
+            "predicted_ms": r.get("predicted_ms"), "in_table": p["in_table"],
+            "pck": pck, "percentile": percentile(pck, population) if pck is not None else None,
+            "proxy_loss": (r.get("proxy") or {}).get("loss", r.get("proxy_loss")),
+            "evaluations": search.get("evaluations", (r.get("config") or {}).get("rank_samples")),
+            "search_seconds": _search_seconds(r),
+            "choices": dict(p["spec"].choices)})
+    summary = {}
+    for strategy in q.strategies:
+        mine = [r for r in rows if r["strategy"] == strategy and r["percentile"] is not None]
+        if mine:
+            summary[strategy] = {
+                "seeds": len(mine),
+                "mean_percentile": float(np.mean([r["percentile"] for r in mine])),
+                "mean_pck": float(np.mean([r["pck"] for r in mine])),
+                "mean_search_seconds": float(np.mean([r["search_seconds"] or 0 for r in mine])),
+                "evaluations": [r["evaluations"] for r in mine]}
+    return {"window_ms": [low, high], "population": len(population),
+            "population_pck": {"min": min(population), "median": float(np.median(population)),
+                               "max": max(population)},
+            "rows": rows, "summary": summary}
+
+
+def _search_seconds(r: dict) -> float | None:
+    s = r.get("search")
+    if s:
+        return float(s.get("study_seconds", 0.0)) + float(s["supernet"].get("train_seconds", 0.0))
+    return r.get("wall_seconds_this_run")
+
+
+def render(result: dict, q: QualitySettings, *, command: str, machine: str) -> str:
+    lo, hi = result["window_ms"]
+    pop = result["population_pck"]
+    lines = ["# Search quality on the pose ground truth", "",
+             f"Command: `{command}`", "", f"Machine: {machine}", "",
+             f"Each pick's PCK@0.2 (LSP test split, the table's 12-epoch recipe) and its "
+             f"percentile among the {result['population']} posebench networks predicted in "
+             f"{lo:.3f} - {hi:.3f} ms by the proof's table (PCK {pop['min']:.2f} - "
+             f"{pop['max']:.2f}, median {pop['median']:.2f}). Optuna and random search run over "
+             f"the supernet {q.supernet} with {q.trials} proxy evaluations each; the "
+             f"differentiable search trains its own ({q.search_epochs} epochs).", "",
+             "| strategy | seed | pick | predicted ms | PCK@0.2 | percentile | proxy evals | "
+             "search s |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        pick = r["in_table"] or f"pick-{r['key']} (trained)"
+        lines.append(f"| {r['strategy']} | {r['seed']} | {pick} | {r['predicted_ms']:.3f} | "
+                     + (f"{r['pck']:.2f} | {r['percentile']:.0f} |" if r["pck"] is not None
+                        else "- | - |")
+                     + f" {r['evaluations'] if r['evaluations'] is not None else '-'} | "
+                     + (f"{r['search_seconds']:.0f} |" if r["search_seconds"] else "- |"))
+    lines += ["", "| strategy | seeds | mean percentile | mean PCK@0.2 | target |",
+              "|---|---|---|---|---|"]
+    for strategy, s in result["summary"].items():
+        lines.append(f"| {strategy} | {s['seeds']} | {s['mean_percentile']:.1f} | "
+                     f"{s['mean_pck']:.2f} | >= 80th"
+                     + (" and above random" if strategy != "random" else "") + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,361 @@
+"""Strategies that propose networks (`--strategy optuna|random`): window draws, the study, the
+CLI end to end, resume, storage and bad input.
+
+The latency table is synthetic (row latency proportional to MACs, as in test_search), so
+windows and constraints are checked exactly; the supernet is scored for real on tiny data.
+"""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from lut import LatencyPredictor, LatencyTable, space_rows
+from nas.cli import main
+from nas.search.blackbox import Study, Window, open_storage, space_signature
+from nas.search.window import WindowSampler
+from supernets.errors import NasError
+from supernets.flops import op_macs
+from supernets.space import get_space
+
+INPUT = (64, 64)
+TINY = ["--input", "64x64", "--space", "cpu-small", "--epochs", "1", "--train-samples", "40",
+        "--batch-size", "8", "--score-images", "8", "--no-progress", "--allow-foreign-lut"]
+
+
+@pytest.fixture(scope="module")
+def space():
+    return get_space("cpu-small", input_size=INPUT)
+
+
+@pytest.fixture(scope="module")
+def lut_path(space, tmp_path_factory):
+    rows = {r.key: op_macs(r.op, r.in_chs, r.out_chs, r.stride, r.in_hw) / 1e7 + 0.01
+            for r in space_rows(space)}
+    path = tmp_path_factory.mktemp("lut") / "macs.parquet"
+    LatencyTable.from_rows(space, rows).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(lut_path):
+    return LatencyPredictor(LatencyTable.load(lut_path, allow_foreign=True))
+
+
+@pytest.fixture(scope="module")
+def bounds(predictor, space):
+    (_, fast), (_, slow) = predictor.bounds(space)
+    return fast, slow
+
+
+def run(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- window draws ---------------------------------------------------------------------------
+
+def test_window_draws_match_rejection_sampling_in_the_middle(predictor, space, bounds):
+    """Where rejection works (mid-range), the counted draws have its latency distribution."""
+    fast, slow = bounds
+    rng = np.random.default_rng(0)
+    lat = np.array([predictor.latency(space.sample(rng)) for _ in range(4000)])
+    low, high = np.quantile(lat, [0.4, 0.6])
+    rejected = lat[(lat >= low) & (lat <= high)]
+    drawn = [predictor.latency(s) for s in
+             WindowSampler(predictor, space, low, high).draws(np.random.default_rng(1), 800)]
+    assert min(drawn) >= low and max(drawn) <= high
+    assert stats.ks_2samp(drawn, rejected).pvalue > 0.01
+
+
+def test_window_draws_are_uniform_over_an_enumerated_subspace(predictor, space):
+    """Three layers free, the rest fixed by zero weights: every network of the window is drawn
+    equally often, and nothing outside it."""
+    layers = space.choice_layers()
+    free = [layers[0], layers[3], layers[-1]]
+    base = {lb.label: lb.names[0] for lb in layers}
+    weights = {lb.label: np.eye(len(lb.candidates))[0] for lb in layers}
+    for lb in free:
+        weights[lb.label] = np.ones(len(lb.candidates))
+    nets = []
+    for combo in itertools.product(*(lb.names for lb in free)):
+        choices = {**base, **{lb.label: c for lb, c in zip(free, combo, strict=True)}}
+        nets.append((json.dumps(choices, sort_keys=True),
+                     predictor.latency(space.spec(choices))))
+    ms = np.array([m for _, m in nets])
+    low, high = np.quantile(ms, [0.3, 0.7])
+    inside = {k for k, m in nets if low <= m <= high}
+    sampler = WindowSampler(predictor, space, low, high)
+    draws = sampler.draws(np.random.default_rng(0), 30 * len(inside), weights=weights)
+    keys = [json.dumps(dict(d.choices), sort_keys=True) for d in draws]
+    assert set(keys) == inside  # every one reached, none outside
+    counts = np.array([keys.count(k) for k in sorted(inside)])
+    assert stats.chisquare(counts).pvalue > 0.001
+
+
+def test_window_at_the_fastest_edge_is_drawn_where_rejection_finds_nothing(predictor, space,
+                                                                           bounds):
+    fast, slow = bounds
+    low, high = fast * 1.02, fast * 1.15
+    rng = np.random.default_rng(0)
+    assert not any(low <= predictor.latency(space.sample(rng)) <= high for _ in range(2000))
+    sampler = WindowSampler(predictor, space, low, high)
+    for spec in sampler.draws(rng, 20):
+        assert low <= predictor.latency(spec) <= high
+
+
+def test_near_keeps_most_choices_of_a_network_close_to_the_window(predictor, space):
+    rng = np.random.default_rng(3)
+    spec = space.sample(rng)
+    ms = predictor.latency(spec)
+    sampler = WindowSampler(predictor, space, 0.9 * ms, 0.95 * ms)
+    changed = []
+    for _ in range(10):
+        near = sampler.near(spec, rng)
+        assert 0.9 * ms <= predictor.latency(near) <= 0.95 * ms
+        changed.append(sum(near.choices[k] != spec.choices[k] for k in spec.choices))
+    assert np.median(changed) <= 3  # of 12 layers
+    inside = sampler.sample(rng)
+    assert sampler.distance(predictor.latency(inside)) == 0
+
+
+def test_empty_window_is_refused(predictor, space, bounds):
+    with pytest.raises(NasError, match="no architecture"):
+        WindowSampler(predictor, space, bounds[1] * 2, bounds[1] * 3)
+
+
+# -- the study, with a scorer whose optimum is known ---------------------------------------
+
+class DistanceScorer:
+    """Loss = share of layers that differ from a target network: a landscape with a known
+    optimum, so a guided sampler must find better networks than uniform draws."""
+
+    def __init__(self, target):
+        self.target, self.calls = target, 0
+
+    def score(self, spec):
+        self.calls += 1
+        d = np.mean([spec.choices[k] != v for k, v in self.target.choices.items()])
+        return {"loss": float(d), "pck": float(100 * (1 - d)), "seconds": 0.0}
+
+
+def _study(predictor, space, window, strategy, scorer, tmp_path, *, trials=60, seed=0,
+           name="s", pareto=False, windows=None):
+    storage = open_storage(None, tmp_path)
+    return Study(space=space, predictor=predictor, scorer=scorer,
+                 windows=windows or [window], strategy=strategy, objective="loss",
+                 pareto=pareto, seed=seed, trials=trials, storage=storage, name=name,
+                 attrs={"nas.space": space_signature(space)})
+
+
+@pytest.fixture(scope="module")
+def window_and_target(predictor, space, bounds):
+    fast, slow = bounds
+    budget = fast + 0.3 * (slow - fast)
+    window = Window(budget, 0.87 * budget, 0.97 * budget)
+    target = WindowSampler(predictor, space, window.low, window.high).sample(
+        np.random.default_rng(11))
+    return window, target
+
+
+def test_tpe_beats_random_search_with_the_same_evaluations(predictor, space, window_and_target,
+                                                           tmp_path):
+    window, target = window_and_target
+    best = {}
+    for strategy in ("optuna", "random"):
+        scores = []
+        for seed in range(2):
+            scorer = DistanceScorer(target)
+            study = _study(predictor, space, window, strategy, scorer,
+                           tmp_path / f"{strategy}{seed}", trials=60, seed=seed)
+            assert study.run(progress=False)
+            assert scorer.calls == 60 == study.stats()["evaluations"]
+            rows = study.best()
+            assert all(window.contains(r["predicted_ms"]) for r in rows)
+            assert all(window.contains(r["predicted_ms"]) for r in study.rows() if r["evaluated"])
+            scores.append(rows[0]["loss"])
+        best[strategy] = np.mean(scores)
+    assert best["optuna"] < best["random"], best
+
+
+def test_random_strategy_proposes_only_inside_the_window(predictor, space, window_and_target,
+                                                         tmp_path):
+    window, target = window_and_target
+    study = _study(predictor, space, window, "random", DistanceScorer(target), tmp_path,
+                   trials=25)
+    study.run(progress=False)
+    rows = study.rows()
+    assert all(r["feasible"] for r in rows)
+    assert study.stats()["outside_window"] == 0
+
+
+def test_stopped_study_continues_to_the_same_number_of_distinct_networks(
+        predictor, space, window_and_target, tmp_path):
+    window, target = window_and_target
+    scorer = DistanceScorer(target)
+    study = _study(predictor, space, window, "optuna", scorer, tmp_path, trials=30)
+    real = scorer.score
+
+    def stop_after_ten(spec):
+        result = real(spec)
+        if scorer.calls == 10:
+            study.request_stop()  # as Ctrl-C does: the study stops after this network
+        return result
+
+    scorer.score = stop_after_ten
+    assert study.run(progress=False) is False
+    assert study.stats()["evaluations"] == 10
+    scorer2 = DistanceScorer(target)
+    again = _study(predictor, space, window, "optuna", scorer2, tmp_path, trials=30)
+    assert again.run(progress=False)
+    assert again.stats()["evaluations"] == 30 and scorer2.calls == 20
+    keys = [json.dumps(r["choices"], sort_keys=True) for r in again.rows() if r["evaluated"]]
+    assert len(set(keys)) == 30  # a network is scored once, repeats take its first score
+
+
+def test_a_study_of_another_space_is_refused(predictor, space, window_and_target, tmp_path):
+    window, target = window_and_target
+    _study(predictor, space, window, "optuna", DistanceScorer(target), tmp_path, trials=2)
+    storage = open_storage(None, tmp_path)
+    with pytest.raises(NasError, match="another search's study"):
+        Study(space=space, predictor=predictor, scorer=DistanceScorer(target), windows=[window],
+              strategy="optuna", objective="loss", pareto=False, seed=0, trials=2,
+              storage=storage, name="s", attrs={"nas.space": "0123456789abcdef"})
+
+
+def test_sqlite_storage_holds_a_study(predictor, space, window_and_target, tmp_path):
+    window, target = window_and_target
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = Study(space=space, predictor=predictor, scorer=DistanceScorer(target),
+                  windows=[window], strategy="optuna", objective="loss", pareto=False, seed=0,
+                  trials=5, storage=open_storage(url, tmp_path), name="db", attrs={})
+    study.run(progress=False)
+    again = Study(space=space, predictor=predictor, scorer=DistanceScorer(target),
+                  windows=[window], strategy="optuna", objective="loss", pareto=False, seed=0,
+                  trials=5, storage=open_storage(url, tmp_path), name="db", attrs={})
+    assert again.stats()["evaluations"] == 5
+
+
+@pytest.mark.parametrize("url, message", [
+    ("sqlite:////nonexistent-dir/x/study.db", "cannot open the study database"),
+    ("postgresql://user:secret@127.0.0.1:1/db", "--storage postgresql://user:***@"),
+])
+def test_unreachable_storage_is_one_line_without_the_password(url, message, tmp_path):
+    with pytest.raises(NasError) as e:
+        open_storage(url, tmp_path)
+    assert message in str(e.value) and "secret" not in str(e.value)
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_pareto_front_is_nondominated_and_every_budget_gets_a_pick(predictor, space, bounds,
+                                                                   tmp_path):
+    fast, slow = bounds
+    budgets = [fast + f * (slow - fast) for f in (0.2, 0.4)]
+    windows = [Window(b, 0.87 * b, 0.97 * b) for b in budgets]
+    target = WindowSampler(predictor, space, windows[1].low, windows[1].high).sample(
+        np.random.default_rng(5))
+    study = _study(predictor, space, None, "optuna", DistanceScorer(target), tmp_path,
+                   trials=70, pareto=True, windows=windows)
+    assert type(study.sampler).__name__ == "NSGAIISampler"
+    study.run(progress=False)
+    front = study.front()
+    for a in front:
+        for b in study.best():
+            assert not (b["loss"] < a["loss"] and b["predicted_ms"] < a["predicted_ms"])
+    for w in windows:
+        assert study.best(window=w), w
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def optuna_run(lut_path, bounds, tmp_path_factory):
+    fast, slow = bounds
+    budget = fast + 0.4 * (slow - fast)
+    out = tmp_path_factory.mktemp("optuna")
+    code = main(["search", "--strategy", "optuna", "--budget", f"{budget}ms", "--lut",
+                 str(lut_path), "--out", str(out), "--trials", "6", "--json", *TINY])
+    assert code == 0
+    return out, budget
+
+
+def test_optuna_search_writes_arch_report_trials_and_plot(optuna_run, space, predictor):
+    out, budget = optuna_run
+    for name in ("arch.json", "report.json", "trials.csv", "search.png", "strategy.json",
+                 "study.journal", "supernet/oneshot.pt"):
+        assert (out / name).exists(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["strategy"] == "optuna" and report["search"]["evaluations"] == 6
+    assert report["search"]["sampler"] == "TPESampler"
+    low, high = report["window_ms"]
+    assert low <= report["predicted_ms"] <= high
+    from supernets.spec import ArchSpec
+
+    spec = ArchSpec.load(out / "arch.json")
+    assert predictor.latency(spec) == pytest.approx(report["predicted_ms"])
+    assert report["proxy"]["loss"] == min(r["loss"] for r in report["picks"] or [report["proxy"]])
+
+
+def test_resume_extends_a_finished_study_with_more_trials(optuna_run, capsys):
+    out, _ = optuna_run
+    code, stdout, err = run(["search", "--resume", str(out), "--trials", "9", "--json",
+                             "--no-progress", "--allow-foreign-lut"], capsys)
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["search"]["evaluations"] == 9
+    assert "training the supernet" not in err  # trained already: the checkpoint is complete
+
+
+def test_random_strategy_and_pareto_on_the_cli(lut_path, bounds, tmp_path, capsys):
+    fast, slow = bounds
+    b1, b2 = fast + 0.3 * (slow - fast), fast + 0.5 * (slow - fast)
+    code, stdout, err = run(["search", "--strategy", "random", "--pareto", "--budget",
+                             f"{b1}ms,{b2}ms", "--lut", str(lut_path), "--out",
+                             str(tmp_path / "p"), "--trials", "8", "--json", *TINY], capsys)
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert len(report["picks"]) == 2
+    for p in report["picks"]:
+        lo, hi = p["window_ms"]
+        assert lo <= p["predicted_ms"] <= hi
+        assert (tmp_path / "p" / p["arch_file"].split("/")[-1]).exists()
+    for name in ("pareto.csv", "pareto.png"):
+        assert (tmp_path / "p" / name).exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--strategy", "annealing"], "argument --strategy: invalid choice: 'annealing'"),
+    (["--strategy", "optuna", "--pareto"], "--pareto: give several budgets"),
+    (["--strategy", "optuna", "--budget", "2ms,,3ms", "--pareto"], "entry 2 is empty"),
+    (["--strategy", "optuna", "--budget", "2ms,3 parsecs", "--pareto"], "entry 2 ('3 parsecs')"),
+    (["--strategy", "optuna", "--budget", "2ms,3ms"], "2 budgets need --pareto"),
+    (["--strategy", "optuna", "--lam", "0.2"], "--lam is not a setting of --strategy optuna"),
+    (["--trials", "5"], "--trials is not a setting of --strategy differentiable"),
+    (["--strategy", "optuna", "--storage", "sqlite:////nonexistent-dir/x/s.db"],
+     "cannot open the study database"),
+    (["--strategy", "optuna", "--supernet", "/nonexistent/oneshot.pt"], "/nonexistent/oneshot.pt"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(argv, message, lut_path, bounds, tmp_path,
+                                                  capsys):
+    fast, slow = bounds
+    if "--budget" not in argv:
+        argv = [*argv, "--budget", f"{fast + 0.4 * (slow - fast)}ms"]
+    out = tmp_path / "out"
+    code, _, err = run(["search", "--lut", str(lut_path), "--out", str(out), *TINY, *argv],
+                       capsys)
+    assert code == 2, err
+    assert message in err and "error:" in err and len(err.strip().splitlines()) == 1, err
+    assert not any(out.rglob("*.json")) if out.exists() else True
+    assert not (out / "strategy.json").exists()
+
+
+def test_resume_of_a_proposing_search_refuses_epochs(optuna_run, capsys):
+    out, _ = optuna_run
+    code, _, err = run(["search", "--resume", str(out), "--epochs", "5"], capsys)
+    assert code == 2 and "--epochs does not extend this search" in err
