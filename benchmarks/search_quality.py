@@ -43,11 +43,11 @@ def _ints(text: str) -> list[int]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from nas.search.blackbox import STRATEGIES
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--strategies", default="differentiable,optuna,random")
+    ap.add_argument("--strategies", default=",".join(sq.VARIANTS),
+                    help="what to run, of: " + ", ".join(f"{k} {v}" for k, v in
+                                                         sq.VARIANTS.items()))
     ap.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     ap.add_argument("--trials", type=int, default=300, help="proxy evaluations (optuna, random)")
     ap.add_argument("--supernet", default="runs/proxies/uniform/supernet-e20.pt",
@@ -61,9 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     args.strategies = [s.strip() for s in args.strategies.split(",")]
-    bad = [s for s in args.strategies if s not in STRATEGIES]
+    bad = [s for s in args.strategies if s not in sq.VARIANTS]
     if bad:
-        ap.error(f"--strategies: {bad[0]!r} is not one of {', '.join(STRATEGIES)}")
+        ap.error(f"--strategies: {bad[0]!r} is not one of {', '.join(sq.VARIANTS)}")
     for name in ("trials", "search_epochs", "workers"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')}: expected a positive integer")

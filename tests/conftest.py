@@ -5,3 +5,16 @@ import torch
 # One thread: on a shared 2-core machine, torch's thread pool contending with other processes
 # makes the suite several times slower; results do not depend on the thread count.
 torch.set_num_threads(1)
+
+
+def macs_table(space, folder):
+    """A synthetic latency table of ``space`` in ``folder``: each row's latency proportional to
+    its MACs (plus a constant), so windows and budgets are checked exactly and fast."""
+    from lut import LatencyTable, space_rows
+    from supernets.flops import op_macs
+
+    rows = {r.key: op_macs(r.op, r.in_chs, r.out_chs, r.stride, r.in_hw) / 1e7 + 0.01
+            for r in space_rows(space)}
+    path = folder / "macs.parquet"
+    LatencyTable.from_rows(space, rows).save(path)
+    return path

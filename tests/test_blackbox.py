@@ -10,14 +10,14 @@ import json
 
 import numpy as np
 import pytest
+from conftest import macs_table
 from scipy import stats
 
-from lut import LatencyPredictor, LatencyTable, space_rows
+from lut import LatencyPredictor, LatencyTable
 from nas.cli import main
 from nas.search.blackbox import Study, Window, open_storage, space_signature
 from nas.search.window import WindowSampler
 from supernets.errors import NasError
-from supernets.flops import op_macs
 from supernets.space import get_space
 
 INPUT = (64, 64)
@@ -32,11 +32,7 @@ def space():
 
 @pytest.fixture(scope="module")
 def lut_path(space, tmp_path_factory):
-    rows = {r.key: op_macs(r.op, r.in_chs, r.out_chs, r.stride, r.in_hw) / 1e7 + 0.01
-            for r in space_rows(space)}
-    path = tmp_path_factory.mktemp("lut") / "macs.parquet"
-    LatencyTable.from_rows(space, rows).save(path)
-    return path
+    return macs_table(space, tmp_path_factory.mktemp("lut"))
 
 
 @pytest.fixture(scope="module")

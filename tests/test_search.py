@@ -10,12 +10,12 @@ import signal
 
 import numpy as np
 import pytest
+from conftest import macs_table
 import torch
 
-from lut import LatencyPredictor, LatencyTable, space_rows
+from lut import LatencyPredictor, LatencyTable
 from nas.cli import main
 from nas.search import SearchConfig, format_ms, search
-from supernets.flops import op_macs
 from supernets.space import get_space
 from supernets.spec import ArchSpec
 
@@ -31,11 +31,7 @@ def space():
 
 @pytest.fixture(scope="module")
 def lut_path(space, tmp_path_factory):
-    rows = {r.key: op_macs(r.op, r.in_chs, r.out_chs, r.stride, r.in_hw) / 1e7 + 0.01
-            for r in space_rows(space)}
-    path = tmp_path_factory.mktemp("lut") / "macs.parquet"
-    LatencyTable.from_rows(space, rows).save(path)
-    return path
+    return macs_table(space, tmp_path_factory.mktemp("lut"))
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,21 @@ from supernets.errors import NasError
 from supernets.fileio import write_atomic
 from supernets.spec import ArchSpec
 
-__all__ = ["QualitySettings", "percentile", "run_searches", "score"]
+__all__ = ["VARIANTS", "QualitySettings", "percentile", "run_searches", "score"]
+
+# what each name in --strategies runs: a strategy of ``nas search`` and its settings
+VARIANTS = {
+    "differentiable": {"strategy": "differentiable"},          # the default as it stands
+    "reinforce": {"strategy": "differentiable", "mode": "reinforce", "lam_control": "expected",
+                  "arch_lr": 0.05},
+    "optuna": {"strategy": "optuna"},
+    "random": {"strategy": "random"},
+}
 
 
 @dataclass
 class QualitySettings:
-    strategies: tuple[str, ...] = ("differentiable", "optuna", "random")
+    strategies: tuple[str, ...] = ("differentiable", "reinforce", "optuna", "random")
     seeds: tuple[int, ...] = (0, 1, 2)
     trials: int = 300                    # proxy evaluations of optuna and random
     supernet: str | None = None          # optuna/random: a trained supernet (snapshot)
@@ -52,12 +61,15 @@ def search_config(q: QualitySettings, bench: pb.BenchSettings, strategy: str, se
     from nas.search.searcher import SearchConfig
     from supernets.space import get_space
 
+    if strategy not in VARIANTS:
+        raise NasError(f"--strategies: {strategy!r} is not one of {', '.join(VARIANTS)}")
     space = get_space(bench.space, preset=bench.preset)
+    variant = dict(VARIANTS[strategy])
     common = {"budget_ms": bench.budget_ms, "space": bench.space,
               "input_size": tuple(space.skeleton.input_size),
               "num_joints": space.skeleton.num_joints, "data": bench.data, "seed": seed,
-              "threads": q.threads, "strategy": strategy}
-    if strategy == "differentiable":
+              "threads": q.threads, **variant}
+    if variant["strategy"] == "differentiable":
         return SearchConfig(**common, epochs=q.search_epochs, **q.differentiable)
     if not q.supernet:
         raise NasError(f"--strategy {strategy}: give the trained supernet to search over "
