@@ -33,6 +33,7 @@ CONFIGS = {
     "path-full-arch-batch": {"mode": "path", "arch_batch_size": None},
     "softmax": {"mode": "softmax"},
     "gumbel": {"mode": "gumbel"},
+    "reinforce": {"mode": "reinforce", "lam_control": "expected"},
 }
 
 
