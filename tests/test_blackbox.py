@@ -355,3 +355,32 @@ def test_resume_of_a_proposing_search_refuses_epochs(optuna_run, capsys):
     out, _ = optuna_run
     code, _, err = run(["search", "--resume", str(out), "--epochs", "5"], capsys)
     assert code == 2 and "--epochs does not extend this search" in err
+
+
+def test_search_stopped_in_supernet_training_resumes_to_the_end(lut_path, bounds, tmp_path,
+                                                                monkeypatch):
+    from nas.search import SearchConfig, search
+    from nas.search import oneshot
+
+    real = oneshot.OneShotTrainer.train_step
+    calls = {"n": 0}
+
+    def stop_at_second_step(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            self.request_stop()  # as Ctrl-C does
+        return real(self, batch)
+
+    monkeypatch.setattr(oneshot.OneShotTrainer, "train_step", stop_at_second_step)
+    fast, slow = bounds
+    cfg = SearchConfig(budget_ms=fast + 0.4 * (slow - fast), space="cpu-small",
+                       input_size=INPUT, epochs=1, train_samples=40, batch_size=8,
+                       strategy="random", trials=3, score_images=8)
+    kw = dict(lut=str(lut_path), allow_foreign_lut=True, progress=False)
+    stopped = search(cfg, tmp_path / "s", **kw)
+    assert stopped["status"] == "interrupted" and stopped["stopped_in"] == "supernet training"
+    assert not (tmp_path / "s" / "arch.json").exists()
+    monkeypatch.undo()
+    done = search(None, tmp_path / "s", resume=True, **kw)
+    assert done["search"]["evaluations"] == 3 and (tmp_path / "s" / "arch.json").exists()
+    assert done["search"]["supernet"]["epochs"] == 1
