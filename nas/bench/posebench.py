@@ -617,6 +617,7 @@ def report(out: Path, settings: BenchSettings, all_entries: list[Entry], how: di
         "measured_in_window": (sum(1 for r in drawn if r["latency_ratio_mobilenetv2"] is not None
                                    and 0.85 <= r["latency_ratio_mobilenetv2"] <= 1.0)
                                if latency else None),
+        "drawn_measured": sum(1 for r in drawn if r["latency_ratio_mobilenetv2"] is not None),
         "train_seconds": sum(r["train_seconds"] or 0 for r in complete),
         "invocations": invocations,
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
@@ -707,8 +708,11 @@ def render(summary: dict, table_rows: list[dict]) -> str:
             f"interleaved rounds (p10 to p90); load average before "
             f"{lat['load_average_before'][0]:.2f}, {lat['seconds']:.0f} s, {lat['measured']}. "
             f"`ratio` is the network's median over mobilenetv2's in the same rounds; "
-            f"{summary['measured_in_window']} of {summary['drawn_complete']} drawn networks "
-            "measure inside 0.85 to 1.0 x mobilenetv2 here.")
+            f"of the {summary['drawn_measured']} drawn networks measured, "
+            f"{summary['measured_in_window']} lie inside 0.85 to 1.0 x mobilenetv2 here"
+            + (f" ({summary['drawn_complete'] - summary['drawn_measured']} trained since are not "
+               "measured yet)." if summary["drawn_complete"] > summary["drawn_measured"]
+               else "."))
     else:
         lines.append("Not measured yet (measured side by side once training ends).")
     pck = summary["pck_drawn"]
