@@ -28,7 +28,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,16 +37,16 @@ import torch
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from lut.device import canonical_device, default_threads, parse_device, parse_dtype, runtime
+from lut.device import canonical_device, default_threads, parse_device, parse_dtype
+from lut.device import runtime as settings_for
 from lut.fingerprint import device_slug, fingerprint, gpu_state
 from lut.keys import RowShape, space_rows
 from lut.probe import record_probes
+from lut.runtimes import EAGER, Runtime
 from lut.table import Calibration, LatencyTable, foreign_message, space_to_dict
-from lut.timing import Timing, TimingConfig, measure, resolve_clock
+from lut.timing import Timing, TimingConfig, measure
 from supernets.errors import NasError
 from supernets.fileio import check_writable_dir
-from supernets.model import PoseNet
-from supernets.ops import build_op
 from supernets.space import SearchSpace
 from supernets.spec import ArchSpec
 
@@ -60,9 +60,11 @@ CALIBRATION_NETWORKS = 8
 
 
 def default_table_path(space: SearchSpace, device: str, batch: int = 1, dtype: str = "fp32", *,
-                       threads: int | None = None, root: str | Path = "results") -> Path:
+                       threads: int | None = None, root: str | Path = "results",
+                       runtime: Runtime = EAGER) -> Path:
     """``results/lut/<device-slug>/<space>-<H>x<W>-b<batch>-<dtype>.parquet`` (``-t<N>`` added
-    for a non-default thread count), relative to the working directory unless ``root`` is given.
+    for a non-default thread count, then the runtime's suffix, e.g.
+    ``-onnxruntime-1.32.0-cpu``), relative to the working directory unless ``root`` is given.
 
     The slug comes from this machine's fingerprint of ``device``, so a table measured elsewhere
     is not picked up by accident.
@@ -73,6 +75,7 @@ def default_table_path(space: SearchSpace, device: str, batch: int = 1, dtype: s
     name = f"{space.name}-{h}x{w}-b{batch}-{dtype}"
     if threads != default_threads(dev):
         name += f"-t{threads}"
+    name += runtime.file_suffix()
     return Path(root) / "lut" / device_slug(fingerprint(dev, threads)) / f"{name}.parquet"
 
 
@@ -83,32 +86,21 @@ def _conditions(dev: torch.device) -> dict:
     return {"loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
-def _op_call(row: RowShape, dev: torch.device, dtype: torch.dtype, batch: int,
-             gen: torch.Generator) -> Callable[[], object]:
-    module = build_op(row.op, row.in_chs, row.out_chs, row.stride).eval().to(dev, dtype)
-    x = torch.randn(batch, row.in_chs, *row.in_hw, generator=gen).to(dev, dtype)
-    return lambda: module(x)
-
-
-def _net_call(spec: ArchSpec, dev: torch.device, dtype: torch.dtype, batch: int,
-              gen: torch.Generator) -> Callable[[], object]:
-    model = PoseNet(spec).eval().to(dev, dtype)
-    x = torch.randn(batch, 3, *spec.skeleton.input_size, generator=gen).to(dev, dtype)
-    return lambda: model(x)
-
-
 def measure_networks(specs: Sequence[ArchSpec], device: str = "cpu", *, batch: int = 1,
                      dtype: str = "fp32", threads: int | None = None,
                      timing: TimingConfig | None = None, progress: bool = False,
-                     desc: str = "networks") -> list[Timing]:
-    """End-to-end timings of whole networks, interleaved in rounds; one per spec, in order."""
+                     desc: str = "networks", runtime: Runtime = EAGER,
+                     how: str = "chain") -> list[Timing]:
+    """End-to-end timings of whole networks, interleaved in rounds; one per spec, in order.
+    ``runtime``: eager or ONNX Runtime (``how``: its networks' graphs, ``lut.ort``)."""
     dev, dt = parse_device(device), parse_dtype(dtype)
     threads = threads or default_threads(dev)
     timing = timing or TimingConfig()
-    clock = resolve_clock(timing.clock, dev, threads)
+    clock = runtime.clock(timing.clock, dev, threads)
     gen = torch.Generator().manual_seed(timing.seed)
-    with runtime(dev, threads):
-        calls = {f"{i}:{s.name}": _net_call(s, dev, dt, batch, gen) for i, s in enumerate(specs)}
+    with settings_for(dev, threads):
+        made = runtime.network_calls(specs, dev, dt, batch, gen, threads, how=how)
+        calls = {f"{i}:{s.name}": call for i, (s, call) in enumerate(zip(specs, made))}
         with tqdm(total=timing.rounds * len(calls), desc=desc, unit="run",
                   disable=not progress, file=sys.stderr, leave=False) as bar:
             timings = measure(calls, dev, timing, clock=clock, on_round=bar.update)
@@ -116,7 +108,8 @@ def measure_networks(specs: Sequence[ArchSpec], device: str = "cpu", *, batch: i
 
 
 def measure_network(spec: ArchSpec, device: str = "cpu", *, batch: int = 1, dtype: str = "fp32",
-                    threads: int | None = None, timing: TimingConfig | None = None) -> dict:
+                    threads: int | None = None, timing: TimingConfig | None = None,
+                    runtime: Runtime = EAGER, how: str = "chain") -> dict:
     """End-to-end timing of ``spec``'s standalone network with the tables' timing method.
 
     The network is interleaved in rounds with random filler networks of the same skeleton, as
@@ -128,9 +121,10 @@ def measure_network(spec: ArchSpec, device: str = "cpu", *, batch: int = 1, dtyp
     threads = threads or default_threads(dev)
     timing = timing or TimingConfig()
     (t, *_) = measure_networks([spec, *_fillers(spec)], device, batch=batch, dtype=dtype,
-                               threads=threads, timing=timing)
+                               threads=threads, timing=timing, runtime=runtime, how=how)
     return {**t.to_dict(), "device": canonical_device(device), "batch": batch, "dtype": dtype,
-            "threads": threads, "clock": resolve_clock(timing.clock, dev, threads)}
+            "threads": threads, "clock": runtime.clock(timing.clock, dev, threads),
+            "runtime": runtime.describe()}
 
 
 def _fillers(spec: ArchSpec, count: int = 16, seed: int = 0) -> list[ArchSpec]:
@@ -202,7 +196,7 @@ def _fit_calibration(table: LatencyTable, space: SearchSpace, *, networks: int, 
     specs = _calibration_specs(table, space, networks, seed)
     measured = measure_networks(specs, table.device, batch=table.batch, dtype=table.dtype,
                                 threads=table.threads, timing=timing, progress=progress,
-                                desc="calibration")
+                                desc="calibration", runtime=table.runtime)
     raw_predictor = LatencyPredictor(table.with_meta(calibration=Calibration(1.0, 0.0).to_dict()))
     raw = [raw_predictor.raw_latency(s) for s in specs]
     meas = [t.median_ms for t in measured]
@@ -219,10 +213,10 @@ def _fit_calibration(table: LatencyTable, space: SearchSpace, *, networks: int, 
 
 def _open_or_create(out: Path, space: SearchSpace, dev: torch.device, device: str, batch: int,
                     dtype: str, threads: int, clock: str, timing: TimingConfig,
-                    resume: bool) -> LatencyTable:
+                    resume: bool, rt: Runtime) -> LatencyTable:
     fresh = LatencyTable.empty(space, device=device, batch=batch, dtype=dtype, threads=threads,
-                               clock=clock, fingerprint=fingerprint(dev, threads),
-                               timing=timing.to_dict(), path=out)
+                               clock=clock, fingerprint=fingerprint(dev, threads, rt),
+                               timing=timing.to_dict(), path=out, backend=rt.meta(threads))
     if not (resume and out.exists()):
         return fresh
     existing = LatencyTable.load(out, allow_foreign=True)  # refuses a corrupt file
@@ -231,8 +225,10 @@ def _open_or_create(out: Path, space: SearchSpace, dev: torch.device, device: st
                                                  "measure it again on this device"))
     if existing.settings() != fresh.settings():
         want, have = fresh.settings(), existing.settings()
-        diff = ", ".join(f"{k} {have[k] if k != 'space' else have[k]['name']!r} here vs "
-                         f"{want[k] if k != 'space' else want[k]['name']!r} asked"
+        def show(k, v):
+            return repr(v["name"]) if k == "space" else (
+                Runtime.from_meta({"backend": v}).describe() if k == "backend" else repr(v))
+        diff = ", ".join(f"{k} {show(k, have[k])} here vs {show(k, want[k])} asked"
                          for k in want if want[k] != have[k])
         raise NasError(f"{out}: holds a table with other settings ({diff}); choose another "
                        "--out, or pass --no-resume to measure it again from scratch")
@@ -253,7 +249,7 @@ def build_table(space: SearchSpace, device: str = "cpu", *, batch: int = 1, dtyp
                 resume: bool = True, timing: TimingConfig | None = None,
                 chunk_rows: int = CHUNK_ROWS, calibration_networks: int = CALIBRATION_NETWORKS,
                 seed: int = 0, lock_timeout: float = -1,
-                save_seconds: float = SAVE_SECONDS) -> Path:
+                save_seconds: float = SAVE_SECONDS, runtime: Runtime = EAGER) -> Path:
     """Measure (or complete) ``space``'s table on ``device`` and calibrate it; returns its path.
 
     ``resume=False`` measures every row again; ``lock_timeout``: seconds to wait for another
@@ -263,23 +259,26 @@ def build_table(space: SearchSpace, device: str = "cpu", *, batch: int = 1, dtyp
     return build(space, device, batch=batch, dtype=dtype, threads=threads, out=out,
                  progress=progress, resume=resume, timing=timing, chunk_rows=chunk_rows,
                  calibration_networks=calibration_networks, seed=seed,
-                 lock_timeout=lock_timeout, save_seconds=save_seconds).path
+                 lock_timeout=lock_timeout, save_seconds=save_seconds, runtime=runtime).path
 
 
 def build(space: SearchSpace, device: str = "cpu", *, batch: int = 1, dtype: str = "fp32",
           threads: int | None = None, out: Path | None = None, progress: bool = True,
           resume: bool = True, timing: TimingConfig | None = None, chunk_rows: int = CHUNK_ROWS,
           calibration_networks: int = CALIBRATION_NETWORKS, seed: int = 0,
-          lock_timeout: float = -1, save_seconds: float = SAVE_SECONDS) -> BuildResult:
+          lock_timeout: float = -1, save_seconds: float = SAVE_SECONDS,
+          runtime: Runtime = EAGER) -> BuildResult:
     """``build_table`` that also says what it did."""
     dev, _ = parse_device(device), parse_dtype(dtype)
     if batch < 1:
         raise NasError(f"batch = {batch}: expected a positive integer")
+    if not runtime.is_eager and dtype != "fp32":
+        raise NasError(f"--dtype {dtype}: ONNX Runtime tables are measured in fp32 only")
     threads = threads or default_threads(dev)
     timing = timing or TimingConfig(seed=seed)
-    clock = resolve_clock(timing.clock, dev, threads)
+    clock = runtime.clock(timing.clock, dev, threads)
     out = Path(out) if out is not None else default_table_path(space, device, batch, dtype,
-                                                                threads=threads)
+                                                                threads=threads, runtime=runtime)
     if out.suffix != ".parquet":
         raise NasError(f"--out {out}: expected a .parquet file")
     if out.is_dir():
@@ -291,7 +290,7 @@ def build(space: SearchSpace, device: str = "cpu", *, batch: int = 1, dtype: str
                              threads=threads, clock=clock, out=out, progress=progress,
                              resume=resume, timing=timing, chunk_rows=chunk_rows,
                              calibration_networks=calibration_networks, seed=seed,
-                             save_seconds=save_seconds)
+                             save_seconds=save_seconds, rt=runtime)
 
 
 @contextlib.contextmanager
@@ -345,6 +344,15 @@ def _locks_current_file(lock: FileLock) -> bool | None:
         return False
 
 
+def _export_rows(rows: Sequence[RowShape], batch: int, dtype: str, progress: bool) -> None:
+    """Export the rows' ops to ONNX (``lut.ort``; cached on disk) before measuring any."""
+    from lut import ort
+
+    with tqdm(total=len(rows), desc="export to ONNX", unit="row", file=sys.stderr,
+              disable=not progress) as bar:
+        ort.op_models(rows, batch, dtype, on_export=bar.update)
+
+
 def _chunk_size(rows_done: int, seconds_done: float, chunk_rows: int,
                 save_seconds: float) -> int:
     """Rows for the next chunk: about ``save_seconds`` of measuring at the time per row so far,
@@ -358,9 +366,10 @@ def _chunk_size(rows_done: int, seconds_done: float, chunk_rows: int,
 def _build_locked(space: SearchSpace, dev: torch.device, device: str, *, batch: int, dtype: str,
                   threads: int, clock: str, out: Path, progress: bool, resume: bool,
                   timing: TimingConfig, chunk_rows: int, calibration_networks: int,
-                  seed: int, save_seconds: float) -> BuildResult:
+                  seed: int, save_seconds: float, rt: Runtime) -> BuildResult:
     started = time.perf_counter()
-    table = _open_or_create(out, space, dev, device, batch, dtype, threads, clock, timing, resume)
+    table = _open_or_create(out, space, dev, device, batch, dtype, threads, clock, timing, resume,
+                            rt)
     prior_seconds = float(table.meta.get("build_seconds", 0.0))  # a resumed build's earlier time
 
     def seconds() -> float:
@@ -373,15 +382,17 @@ def _build_locked(space: SearchSpace, dev: torch.device, device: str, *, batch: 
     before = _conditions(dev)
     gen = torch.Generator().manual_seed(seed)
     dt = parse_dtype(dtype)
+    if missing and not rt.is_eager:
+        _export_rows(missing, batch, dtype, progress)  # cached: a resumed build skips them
     with tqdm(total=len(missing), desc=f"lut {space.name} on {device}", unit="row",
               disable=not progress or not missing, file=sys.stderr,
               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} rows "
-                         "[{elapsed}<{remaining}]") as bar, runtime(dev, threads) as settings:
+                         "[{elapsed}<{remaining}]") as bar, settings_for(dev, threads) as settings:
         done, measuring = 0, 0.0
         while done < len(missing):
             chunk_started = time.perf_counter()
             chunk = missing[done:done + _chunk_size(done, measuring, chunk_rows, save_seconds)]
-            calls = {row.key: _op_call(row, dev, dt, batch, gen) for row in chunk}
+            calls = rt.op_calls(chunk, dev, dt, batch, gen, threads)
             timings = measure(calls, dev, timing, clock=clock,
                               on_round=lambda n: bar.update(n / timing.rounds))
             table = table.with_rows({row: timings[row.key] for row in chunk})

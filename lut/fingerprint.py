@@ -36,9 +36,11 @@ from lut.device import available_cores
 __all__ = [
     "CPU_ISA_FLAGS",
     "IDENTITY_FIELDS",
+    "RUNTIME_FIELDS",
     "cpu_identity",
     "describe",
     "describe_differences",
+    "device_identity",
     "device_slug",
     "fingerprint",
     "foreign_fields",
@@ -52,6 +54,11 @@ IDENTITY_FIELDS: dict[str, tuple[str, ...]] = {
     "cuda": ("type", "gpu_name", "gpu_memory_mb", "compute_capability", "driver", "cuda",
              "torch"),
 }
+
+# The runtime a table was measured in (``lut.runtimes``): identity fields too, with the values
+# an eager table has (it stores none of them, as tables did before runtimes existed).
+RUNTIME_FIELDS: dict[str, object] = {"runtime": "torch", "runtime_version": None,
+                                     "provider": None, "session_options": None, "opset": None}
 
 # /proc/cpuinfo flags that change which kernels oneDNN, MKL and ATen pick (x86), or the Arm
 # extensions that do the same; the rest (virtualisation, security mitigations) do not.
@@ -222,17 +229,25 @@ def _cuda_fingerprint(index: int, threads: int) -> dict:
     return fp
 
 
-def fingerprint(device: torch.device, threads: int) -> dict:
-    """The fingerprint of ``device`` on this machine now."""
-    if device.type == "cuda":
-        return _cuda_fingerprint(device.index or 0, threads)
-    return _cpu_fingerprint(threads)
+def fingerprint(device: torch.device, threads: int, runtime=None) -> dict:
+    """The fingerprint of ``device`` on this machine now, measured in ``runtime`` (a
+    ``lut.runtimes.Runtime``; default eager, which adds no field)."""
+    fp = (_cuda_fingerprint(device.index or 0, threads) if device.type == "cuda"
+          else _cpu_fingerprint(threads))
+    if runtime is not None:
+        fp.update(runtime.fingerprint_fields(threads))
+    return fp
+
+
+def device_identity(fp: dict) -> dict:
+    """The device's fields that must match for a table to be used (not the runtime's)."""
+    fields = IDENTITY_FIELDS.get(fp.get("type"), ("type",))
+    return {k: fp.get(k) for k in fields}
 
 
 def identity(fp: dict) -> dict:
-    """The fields that must match for a table to be used."""
-    fields = IDENTITY_FIELDS.get(fp.get("type"), ("type",))
-    return {k: fp.get(k) for k in fields}
+    """The fields that must match for a table to be used: the device's and the runtime's."""
+    return {**device_identity(fp), **{k: fp.get(k, v) for k, v in RUNTIME_FIELDS.items()}}
 
 
 def foreign_fields(table_fp: dict, here_fp: dict) -> list[str]:
@@ -245,13 +260,17 @@ def describe(fp: dict) -> str:
     """One line, e.g. ``cpu 'AMD EPYC' (AuthenticAMD family 23 model 1 stepping 2), 2 cores,
     isa avx avx2 fma ..., oneDNN Intel AVX2, torch 2.13.0+cpu``."""
     ident = identity(fp)
+    runtime = ""
+    if ident["runtime"] != "torch":
+        runtime = (f", {ident['runtime']} {ident['runtime_version']} {ident['provider']} "
+                   f"opset {ident['opset']}")
     if ident.get("type") == "cpu":
         return (f"cpu {ident.get('cpu_model')!r} ({ident.get('vendor')} family "
                 f"{ident.get('cpu_family')} model {ident.get('cpu_model_number')} stepping "
                 f"{ident.get('stepping')}), {ident.get('cores')} cores, isa "
                 f"{ident.get('isa') or '-'}, oneDNN {ident.get('onednn_isa')}, torch "
-                f"{ident.get('torch')}")
-    return " ".join(f"{k}={v}" for k, v in ident.items())
+                f"{ident.get('torch')}{runtime}")
+    return " ".join(f"{k}={v}" for k, v in device_identity(fp).items()) + runtime
 
 
 def describe_differences(table_fp: dict, here_fp: dict) -> str:
@@ -262,9 +281,10 @@ def describe_differences(table_fp: dict, here_fp: dict) -> str:
 
 
 def device_slug(fp: dict) -> str:
-    """A folder name for this device, from its identity fields alone: a readable part plus a
-    hash of them, e.g. ``cpu-amd-epyc-f23m1s2-2c-1a2b3c4d``."""
-    ident = identity(fp)
+    """A folder name for this device, from its device identity fields alone (tables of every
+    runtime on one device share the folder): a readable part plus a hash of them, e.g.
+    ``cpu-amd-epyc-f23m1s2-2c-1a2b3c4d``."""
+    ident = device_identity(fp)
     name = ident.get("gpu_name") or ident.get("cpu_model") or "device"
     readable = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:32] or "device"
     if fp.get("type") == "cpu":

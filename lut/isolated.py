@@ -5,7 +5,8 @@ allocator state; timing a small network there reads 5-15% slower than in the fre
 table is built and validated in. The search therefore measures the network it derives here, in
 a child interpreter that does nothing else.
 
-    python -m lut.isolated ARCH.json --device cpu --batch 1 --dtype fp32 --threads 1
+    python -m lut.isolated ARCH.json --device cpu --batch 1 --dtype fp32 --threads 1 \
+        [--runtime onnxruntime --provider CPUExecutionProvider]
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ __all__ = ["measure_network_isolated"]
 
 def measure_network_isolated(spec: ArchSpec, device: str = "cpu", *, batch: int = 1,
                              dtype: str = "fp32", threads: int | None = None,
-                             cuda_graphs: bool = False) -> dict:
+                             cuda_graphs: bool = False, runtime=None) -> dict:
     """``lut.measure_network`` run in a child process; the same dict. ``cuda_graphs``: time
-    replays of a captured CUDA graph, as a table built with ``--cuda-graphs`` does."""
+    replays of a captured CUDA graph, as a table built with ``--cuda-graphs`` does;
+    ``runtime``: a ``lut.runtimes.Runtime`` (default eager), e.g. a table's."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "arch.json"
         spec.save(path)
@@ -37,6 +39,8 @@ def measure_network_isolated(spec: ArchSpec, device: str = "cpu", *, batch: int 
             argv += ["--threads", str(threads)]
         if cuda_graphs:
             argv += ["--cuda-graphs"]
+        if runtime is not None and not runtime.is_eager:
+            argv += ["--runtime", runtime.name, "--provider", runtime.provider]
         done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -52,13 +56,18 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--cuda-graphs", action="store_true")
+    ap.add_argument("--runtime", default="torch")
+    ap.add_argument("--provider")
     args = ap.parse_args()
     from lut.build import measure_network
+    from lut.device import parse_device
+    from lut.runtimes import Runtime
     from lut.timing import TimingConfig
 
+    runtime = Runtime.parse(args.runtime, args.provider, parse_device(args.device))
     result = measure_network(ArchSpec.load(args.arch), args.device, batch=args.batch,
                              dtype=args.dtype, threads=args.threads,
-                             timing=TimingConfig(cuda_graphs=args.cuda_graphs))
+                             timing=TimingConfig(cuda_graphs=args.cuda_graphs), runtime=runtime)
     print(json.dumps(result))
 
 

@@ -105,7 +105,7 @@ def _time(table: LatencyTable, specs: list[ArchSpec], rounds: int) -> list[float
                           clock=table.meta.get("timing", {}).get("clock", "auto"),
                           cuda_graphs=bool(table.meta.get("timing", {}).get("cuda_graphs")))
     timings = measure_networks(specs, table.device, batch=table.batch, dtype=table.dtype,
-                               threads=table.threads, timing=timing)
+                               threads=table.threads, timing=timing, runtime=table.runtime)
     return [t.median_ms for t in timings]
 
 

@@ -12,7 +12,11 @@ metadata key ``nas.lut``. Schema ``nas.lut/1``:
                "timing": {...}, "space": {...},
                "calibration": {"a", "b", "method", "loo", "affine", "networks"} | null,
                "probes": {"rounds", "warmup_calls", "seed", "networks"} | absent,
-               "conditions": {...}, "build_seconds": float}
+               "conditions": {...}, "build_seconds": float,
+               "backend": {"name": "onnxruntime", "version", "provider", "session_options",
+                           "opset", "exporter"} | absent}
+
+``backend`` is the runtime the rows were measured in (``lut.runtimes``); absent: PyTorch eager.
 
 The probes (``lut.probe``) are a few calibration networks with their latency as the probe
 measured it at build time; tables written before probes existed lack them and are refused by
@@ -175,13 +179,21 @@ class LatencyTable:
         return space_from_dict(self.meta["space"])
 
     @property
+    def runtime(self):
+        """The runtime the table was measured in (``lut.runtimes.Runtime``)."""
+        from lut.runtimes import Runtime
+
+        return Runtime.from_meta(self.meta, self.where())
+
+    @property
     def calibration(self) -> Calibration | None:
         cal = self.meta.get("calibration")
         return None if cal is None else Calibration.from_dict(cal, str(self.path or "table"))
 
     def settings(self) -> dict:
         """What must agree between a table and a build that resumes it."""
-        return {k: self.meta[k] for k in ("device", "dtype", "batch", "threads", "clock", "space")}
+        keys = ("device", "dtype", "batch", "threads", "clock", "space")
+        return {**{k: self.meta[k] for k in keys}, "backend": self.meta.get("backend")}
 
     def where(self) -> str:
         return str(self.path) if self.path else "latency table"
@@ -190,13 +202,16 @@ class LatencyTable:
         """The command that measures ``space``'s rows (default: completes this table)."""
         space = space or self.space
         same = self.path is not None and space_to_dict(space) == self.meta["space"]
+        runtime = self.runtime
         if space.name not in SPACES:  # a custom space: only the Python API can name it
             out = f", out={str(self.path)!r}" if same else ""
+            rt = "" if runtime.is_eager else f", runtime={runtime!r}"
             return (f"lut.build_table(<space {space.name!r}>, {self.device!r}, "
-                    f"batch={self.batch}, dtype={self.dtype!r}, threads={self.threads}{out})")
+                    f"batch={self.batch}, dtype={self.dtype!r}, threads={self.threads}{rt}{out})")
         h, w = space.skeleton.input_size
         cmd = (f"nas lut build --device {self.device} --space {space.name} --input {h}x{w} "
-               f"--batch {self.batch} --dtype {self.dtype} --threads {self.threads}")
+               f"--batch {self.batch} --dtype {self.dtype} --threads {self.threads}"
+               f"{runtime.flags()}")
         return cmd + (f" --out {self.path}" if same else "")
 
     # -- rows --------------------------------------------------------------------------------
@@ -230,11 +245,16 @@ class LatencyTable:
     @classmethod
     def empty(cls, space: SearchSpace, *, device: str, batch: int, dtype: str, threads: int,
               clock: str, fingerprint: dict, runtime: dict | None = None,
-              timing: dict | None = None, path: Path | None = None) -> LatencyTable:
+              timing: dict | None = None, path: Path | None = None,
+              backend: dict | None = None) -> LatencyTable:
+        """``runtime``: the settings in force (``lut.device.runtime``); ``backend``: the
+        runtime measured in (``lut.runtimes.Runtime.meta``; None for eager)."""
         meta = {"schema": SCHEMA, "device": canonical_device(device), "dtype": dtype,
                 "batch": batch, "threads": threads, "clock": clock, "fingerprint": fingerprint,
                 "runtime": runtime or {}, "timing": timing or {}, "space": space_to_dict(space),
                 "calibration": None, "created": _now()}
+        if backend is not None:
+            meta["backend"] = backend
         return cls(_empty_rows(), meta, path)
 
     @classmethod
@@ -278,7 +298,8 @@ class LatencyTable:
         if differs and not allow_foreign:
             raise NasError(_foreign_message(
                 table, differs, f"build a table here with `nas lut build --device "
-                                f"{table.device}` or pass --allow-foreign-lut to use it anyway"))
+                                f"{table.device}{table.runtime.flags()}` or pass "
+                                f"--allow-foreign-lut to use it anyway"))
         table.foreign = bool(differs)
         return table
 
@@ -335,6 +356,9 @@ def _check_meta(meta: dict, path: Path) -> None:
         raise NasError(f"{path}: metadata field 'space' is malformed ({_one_line(e)})") from None
     if meta.get("calibration") is not None:
         Calibration.from_dict(meta["calibration"], str(path))
+    from lut.runtimes import Runtime
+
+    Runtime.from_meta(meta, str(path))
 
 
 def _check_rows(rows: pd.DataFrame, path: Path) -> None:
@@ -365,17 +389,22 @@ def _check_rows(rows: pd.DataFrame, path: Path) -> None:
                            f"(they say {expected!r})")
 
 
-def here_fingerprint(device: str, threads: int) -> dict:
-    """This machine's fingerprint for ``device``; a stand-in saying so when it has none."""
+def here_fingerprint(device: str, threads: int, runtime=None) -> dict:
+    """This machine's fingerprint for ``device`` in ``runtime`` (``lut.runtimes.Runtime``,
+    default eager); a stand-in saying so when it has no such device, or no such runtime."""
     try:
         dev = parse_device(device)
     except NasError:
         return {"type": device.split(":")[0], "gpu_name": "none (no such device here)"}
-    return fingerprint(dev, threads)
+    try:
+        return fingerprint(dev, threads, runtime)
+    except ImportError:
+        return {**fingerprint(dev, threads), "runtime": f"{runtime.name} (not installed here)"}
 
 
 def _foreign_fields(table: LatencyTable) -> list[str]:
-    return foreign_fields(table.fingerprint, here_fingerprint(table.device, table.threads))
+    return foreign_fields(table.fingerprint,
+                          here_fingerprint(table.device, table.threads, table.runtime))
 
 
 def foreign_message(table: LatencyTable, remedy: str) -> str | None:
@@ -386,6 +415,6 @@ def foreign_message(table: LatencyTable, remedy: str) -> str | None:
 
 
 def _foreign_message(table: LatencyTable, differs: list[str], remedy: str) -> str:
-    here = here_fingerprint(table.device, table.threads)
+    here = here_fingerprint(table.device, table.threads, table.runtime)
     differences = describe_differences(table.fingerprint, here)
     return f"{table.path}: table was measured on another device ({differences}); {remedy}"

@@ -131,7 +131,7 @@ def validate_table(table: LatencyTable, *, samples: int = 30, seed: int = 1,
     timing = timing or TimingConfig(**{**table.meta.get("timing", {}), "seed": seed})
     measured = measure_networks([reference, *specs], table.device, batch=table.batch,
                                 dtype=table.dtype, threads=table.threads, timing=timing,
-                                progress=progress, desc="validation")
+                                progress=progress, desc="validation", runtime=table.runtime)
     ref_t, measured = measured[0], measured[1:]
     ref_macs = complexity(reference, table.batch).macs
     macs = [complexity(s, table.batch).macs for s in specs]
@@ -152,7 +152,8 @@ def validate_table(table: LatencyTable, *, samples: int = 30, seed: int = 1,
     metrics = {m: error_metrics(df[f"{m}_ms"], df["measured_ms"]) for m in METHODS}
     ref = {"name": reference.name, "macs": ref_macs, "measured_ms": ref_t.median_ms,
            "choices": dict(reference.choices)}
-    settings = {"table": str(table.path), "device": table.device, "batch": table.batch,
+    settings = {"table": str(table.path), "device": table.device,
+                "runtime": table.runtime.describe(), "batch": table.batch,
                 "dtype": table.dtype, "threads": table.threads, "clock": table.clock,
                 "seed": seed, "rounds": timing.rounds, "calibration_method": cal.method,
                 "calibration_loo": cal.loo, "probe": probe}
@@ -162,7 +163,8 @@ def validate_table(table: LatencyTable, *, samples: int = 30, seed: int = 1,
         write_atomic(csv_path, df.to_csv(index=False))
         h, w = space.skeleton.input_size
         title = (f"{space.name} {h}x{w}, batch {table.batch}, {table.dtype}, {table.device}, "
-                 f"{table.threads} thread(s): {samples} random networks")
+                 f"{table.threads} thread(s), {table.runtime.describe()}: {samples} random "
+                 "networks")
         write_atomic(png_path, _scatter_png(df, metrics, title))
         write_atomic(json_path, json.dumps(report.to_dict(), indent=2) + "\n")
     return report

@@ -5,8 +5,9 @@ export or a failed check leaves nothing behind. The check runs the exported file
 random batch (of another size than the one traced, so the dynamic batch axis is exercised too)
 and compares it with the PyTorch model in eval mode:
 
-    onnx          torch.onnx.export (the torch.export-based exporter, torch's default), opset as
-                  chosen by torch, dynamic batch axis; input ``image`` (N, 3, H, W), output
+    onnx          torch.onnx.export (the torch.export-based exporter, torch's default) through
+                  ``lut.ort.export_onnx``, as latency tables export their rows: opset
+                  ``lut.ort.OPSET`` (20), dynamic batch axis; input ``image`` (N, 3, H, W), output
                   ``heatmaps``; weights inside the one file; the arch JSON in the model metadata
                   (``nas.arch``). Checked with onnxruntime (CPU): max abs difference <= 1e-4.
     torchscript   torch.jit.trace, with the arch JSON as the extra file ``nas.arch.json``.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import os
 import tempfile
 import warnings
@@ -100,32 +100,15 @@ def _example(spec: ArchSpec) -> torch.Tensor:
 
 # -- ONNX --------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _quiet_onnx_exporter():
-    """The exporter logs that torchvision is absent (we never use it) and raises FutureWarnings
-    from its own internals: noise for a user of ``nas export``."""
-    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def _write_onnx(spec: ArchSpec, model: nn.Module, path: Path) -> dict:
-    with _quiet_onnx_exporter(), torch.no_grad():
-        program = torch.onnx.export(
-            model, (_example(spec),), dynamo=True, verbose=False,
-            input_names=["image"], output_names=["heatmaps"],
-            dynamic_shapes=({0: torch.export.Dim("batch")},))
+    from lut.ort import OPSET, export_onnx  # the one exporter: latency tables use it too
+
+    program = export_onnx(model, (_example(spec),), ["image"], ["heatmaps"])
     program.model.metadata_props[ARCH_METADATA] = spec.to_json()
     # external_data=False: weights inside the one file, so the rename publishes all of it
     # (torch's default writes them to a side file named after the temporary path).
     program.save(str(path), external_data=False)
-    return {"opset": program.model.opset_imports.get("")}
+    return {"opset": program.model.opset_imports.get("", OPSET)}
 
 
 def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:

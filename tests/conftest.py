@@ -1,6 +1,13 @@
 """Shared test settings."""
 
+import os
+import tempfile
+
 import torch
+
+# ONNX exports are cached on disk (lut.ort); tests use a fresh cache of their own, which child
+# processes (the CLI, lut.isolated) inherit through the environment
+os.environ["NAS_CACHE_DIR"] = tempfile.mkdtemp(prefix="nas-test-cache-")
 
 # One thread: on a shared 2-core machine, torch's thread pool contending with other processes
 # makes the suite several times slower; results do not depend on the thread count.

@@ -1,8 +1,11 @@
 """``nas lut build|validate|check``: device latency lookup tables.
 
-``nas lut build --device cpu|cuda[:N] [--space NAME] [--input HxW] [--batch N] [--dtype fp32|fp16]
-[--threads N] [--out PATH] [--json]`` measures every candidate op of the space on this device
-(resuming a killed build) and calibrates the table on whole networks.
+``nas lut build --device cpu|cuda[:N] [--runtime torch|onnxruntime [--provider NAME]]
+[--space NAME] [--input HxW] [--batch N] [--dtype fp32|fp16] [--threads N] [--out PATH] [--json]``
+measures every candidate op of the space on this device in the runtime (PyTorch eager by
+default; ONNX Runtime: each op exported to ONNX as ``nas export`` exports networks, opset 20, run
+in an InferenceSession with the table's threads and every graph optimisation), resuming a killed
+build, and calibrates the table on whole networks.
 
 ``nas lut validate LUT [--samples N] [--allow-foreign-lut] [--json]`` measures N random networks
 end to end and compares the table's predictions (and a FLOPs-proportional estimate) with the
@@ -19,15 +22,17 @@ import argparse
 from pathlib import Path
 
 from lut.build import build, default_table_path
-from lut.device import DTYPES
+from lut.device import DTYPES, parse_device
 from lut.fingerprint import describe
 from lut import probe as lut_probe
 from lut.probe import PROBE_TOLERANCE, ProbeResult
+from lut.runtimes import RUNTIMES, Runtime
 from lut.table import LatencyTable
 from lut.timing import TimingConfig
 from lut.validate import validate_table
 from nas.argtypes import input_size, non_negative_int, positive_int
 from nas.commands import Result
+from supernets.errors import NasError
 from supernets.space import PRESETS, SPACES, get_space
 
 
@@ -42,6 +47,12 @@ def register(sub) -> None:
                                     "device and calibrate on whole networks. A killed build "
                                     "resumes where it stopped.")
     b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    b.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                   help="runtime the ops run in: torch (eager, default) or onnxruntime")
+    b.add_argument("--provider", metavar="NAME",
+                   help="ONNX Runtime execution provider: CPUExecutionProvider (default on "
+                        "cpu), CUDAExecutionProvider (default on cuda), "
+                        "TensorrtExecutionProvider")
     b.add_argument("--space", default="cpu-base", choices=list(SPACES),
                    help="search space (default: cpu-base)")
     b.add_argument("--preset", choices=list(PRESETS), help="dataset input size and joints")
@@ -121,12 +132,16 @@ def _timing(rounds: int | None, base: dict | None = None, **extra) -> TimingConf
 def run_build(args) -> Result:
     space = get_space(args.space, preset=args.preset, input_size=args.input,
                       num_joints=args.joints)
+    runtime = Runtime.parse(args.runtime, args.provider, parse_device(args.device))
+    if args.cuda_graphs and not runtime.is_eager:
+        raise NasError("--cuda-graphs: only with --runtime torch (ONNX Runtime captures graphs "
+                       "itself, per provider)")
     extra = {"cuda_graphs": True} if args.cuda_graphs else {}
     out = args.out or default_table_path(space, args.device, args.batch, args.dtype,
-                                         threads=args.threads)
+                                         threads=args.threads, runtime=runtime)
     result = build(space, args.device, batch=args.batch, dtype=args.dtype, threads=args.threads,
                    out=out, progress=not args.quiet, resume=args.resume,
-                   timing=_timing(args.rounds, **extra))
+                   timing=_timing(args.rounds, **extra), runtime=runtime)
     table = LatencyTable.load(result.path)
     cal = table.calibration
     residuals = [abs(n["predicted_ms"] - n["measured_ms"]) / n["measured_ms"]
@@ -138,6 +153,7 @@ def run_build(args) -> Result:
             f"{result.measured_rows} measured now ({result.seconds:.0f} s; "
             f"{table.meta.get('build_seconds', 0):.0f} s in all)\n"
             f"  device {table.device} [{describe(table.fingerprint)}]\n"
+            f"  runtime {table.runtime.describe()}\n"
             f"  batch {table.batch}, {table.dtype}, {table.threads} thread(s), clock "
             f"{table.clock}, {table.meta['timing'].get('rounds')} rounds\n"
             f"  calibration: {cal.method} (measured = {cal.a:.4f} x sum of rows {cal.b:+.4f} ms), "
@@ -149,6 +165,7 @@ def run_build(args) -> Result:
     data = {"path": str(result.path), "rows": result.rows, "measured_rows": result.measured_rows,
             "seconds": result.seconds, "build_seconds": table.meta.get("build_seconds"),
             "space": space.name, "input_size": [h, w], "device": table.device,
+            "runtime": table.meta.get("backend") or {"name": "torch"},
             "batch": table.batch, "dtype": table.dtype, "threads": table.threads,
             "clock": table.clock, "fingerprint": table.fingerprint,
             "calibration": {"a": cal.a, "b": cal.b, "method": cal.method, "loo": cal.loo,

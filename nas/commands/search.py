@@ -40,6 +40,13 @@ def register(sub) -> None:
     p.add_argument("--allow-foreign-lut", action="store_true",
                    help="accept a table measured on another device (no measured latency then)")
     p.add_argument("--device", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"),
+                   help="the runtime the budget is a latency in: torch (eager, the default) or "
+                        "onnxruntime (its table, built first if missing; the measured checks "
+                        "run the network in ONNX Runtime); default with --lut: the table's")
+    p.add_argument("--provider", metavar="NAME",
+                   help="ONNX Runtime execution provider (default CPUExecutionProvider, or "
+                        "CUDAExecutionProvider with --device cuda)")
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: the table's)")
     p.add_argument("--data", help="dataset path (Leeds Sports Pose folder); default: embedded "
                    "synthetic pose data")
@@ -101,7 +108,7 @@ def register(sub) -> None:
 
 _CFG_ARGS = ("task", "space", "data", "epochs", "warmup_epochs", "batch_size", "arch_batch_size",
              "train_samples", "mode", "arch_samples", "lam_control", "lam", "tau", "arch_lr",
-             "rank_samples", "seed", "device",
+             "rank_samples", "seed", "device", "runtime", "provider",
              "threads", "strategy", "trials", "objective", "supernet", "supernet_rule",
              "storage", "study", "pareto", "score_images")
 # settings read by one kind of strategy only

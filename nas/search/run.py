@@ -67,9 +67,20 @@ def _table(space: SearchSpace, cfg: SearchConfig, lut: str | None, allow_foreign
     """
     import lut as lutlib
     from lut import probe as lut_probe
+    from lut.device import parse_device
+    from lut.runtimes import Runtime
 
     if lut is not None:
         table = lutlib.LatencyTable.load(lut, allow_foreign=allow_foreign)
+        if cfg.runtime is not None and (cfg.runtime, cfg.provider or table.runtime.provider) != \
+                (table.runtime.name, table.runtime.provider):
+            asked = f"--runtime {cfg.runtime}" + (f" --provider {cfg.provider}"
+                                                  if cfg.provider else "")
+            raise NasError(f"--lut {lut}: the table was measured in "
+                           f"{table.runtime.describe()}, not in the runtime {asked} asks for; "
+                           f"pass{table.runtime.flags() or ' --runtime torch'} or a table "
+                           f"measured in that runtime")
+        cfg.runtime, cfg.provider = table.runtime.name, table.runtime.provider
         missing = table.missing(space)
         if missing:
             t, (h, w) = table.space, space.skeleton.input_size
@@ -82,7 +93,9 @@ def _table(space: SearchSpace, cfg: SearchConfig, lut: str | None, allow_foreign
                            f"{table.build_command(space)}")
         _check_device(table, cfg)
         return table, (lut_probe.checked_probe(table, allow_foreign) if probe else None)
-    path = lutlib.default_table_path(space, cfg.device)
+    runtime = Runtime.parse(cfg.runtime, cfg.provider, parse_device(cfg.device))
+    cfg.runtime, cfg.provider = runtime.name, runtime.provider
+    path = lutlib.default_table_path(space, cfg.device, runtime=runtime)
     reason, result = None, None
     if not path.exists():
         reason = f"no latency table for space {space.name} on this device at {path}"
@@ -102,7 +115,7 @@ def _table(space: SearchSpace, cfg: SearchConfig, lut: str | None, allow_foreign
     print(f"nas: {reason}; building a table for this machine now (once per device)",
           file=sys.stderr)
     lutlib.build_table(space, cfg.device, out=path, progress=progress,
-                       resume=not path.exists())
+                       resume=not path.exists(), runtime=runtime)
     table = lutlib.LatencyTable.load(path)
     return table, lut_probe.ProbeResult.at_build(table)
 
@@ -280,7 +293,8 @@ def _measured_checks(searcher: Searcher, probs: dict, ranked: list[dict],
     for attempt in range(MEASURE_CHECKS):
         measured = measure_network_isolated(candidate["spec"], table.device, batch=table.batch,
                                             dtype=table.dtype, threads=table.threads,
-                                            cuda_graphs=_cuda_graphs(table))
+                                            cuda_graphs=_cuda_graphs(table),
+                                            runtime=table.runtime)
         ms = measured["median_ms"]
         checks.append({"arch": candidate["spec"].name, "choices": dict(candidate["spec"].choices),
                        "source": candidate["source"],
@@ -363,7 +377,8 @@ def _finish(searcher: Searcher, out: Path) -> dict:
         (fastest, _), _ = predictor.bounds(space)
         fastest_measured = measure_network_isolated(
             fastest, table.device, batch=table.batch, dtype=table.dtype,
-            threads=table.threads, cuda_graphs=_cuda_graphs(table))["median_ms"]
+            threads=table.threads, cuda_graphs=_cuda_graphs(table),
+            runtime=table.runtime)["median_ms"]
     spec = chosen["spec"]
     argmax = searcher.argmax_spec()
     changed = [lb for lb in spec.choices if spec.choices[lb] != argmax.choices[lb]]
@@ -428,7 +443,7 @@ def provenance(cfg: SearchConfig, table) -> dict:
         "versions": {"nas": nas.__version__, "torch": torch.__version__,
                      "numpy": np.__version__, "python": platform.python_version()},
         "lut": {"path": str(table.path), "sha256": _sha256(Path(table.path)),
-                "fingerprint": table.fingerprint},
+                "fingerprint": table.fingerprint, "runtime": table.runtime.describe()},
         "command": shlex.join(["nas", *sys.argv[1:]]) if Path(sys.argv[0]).name == "nas"
         else shlex.join(sys.argv),
     }

@@ -115,6 +115,10 @@ class SearchConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
+    # the runtime the budget is a latency in (lut.runtimes): "torch" (eager) or "onnxruntime"
+    # with ``provider``; None until the table is chosen: a --lut table's own, else eager
+    runtime: str | None = None
+    provider: str | None = None
     # the table's predictions are multiplied by this for the whole run: set from the speed
     # probe before training (lut.probe: this machine now / when the table was built), kept in
     # the checkpoint so that a resumed search predicts exactly as it started
