@@ -228,3 +228,21 @@ def test_probe_and_validation_run_in_the_table_runtime(ort_table, monkeypatch):
 
     probe_table(LatencyTable.load(ort_table))
     assert seen and all(r == ORT for r in seen)
+
+
+def test_runtime_gap_report(ort_table, tmp_path):
+    from nas.bench.runtime_gap import render, runtime_gap
+
+    eager_path = tmp_path / "eager.parquet"
+    build(micro_space(), "cpu", out=eager_path, timing=FAST, progress=False,
+          calibration_networks=3)
+    result = runtime_gap(micro_space(), LatencyTable.load(eager_path),
+                         LatencyTable.load(ort_table), networks=3, rounds=2, export_check=1)
+    assert len(result["rows"]) == 3 and -1 <= result["kendall_tau_eager_vs_ort"] <= 1
+    r = result["ratio_ort_over_eager"]
+    assert r["min"] <= r["median"] <= r["max"] and r["min"] > 0
+    assert set(result["fidelity"]["ort_table_on_ort"]) >= {"median_abs_rel_error", "kendall_tau"}
+    (check,) = result["export_vs_chain"]["networks"]
+    assert check["export_ms"] > 0 and check["chain_ms"] > 0
+    text = render(result, command="x", machine="m", tables={"eager": "e", "onnxruntime": "o"})
+    assert "Kendall tau between the eager and the ONNX Runtime latency orders" in text

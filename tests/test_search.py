@@ -16,6 +16,7 @@ import torch
 from lut import LatencyPredictor, LatencyTable
 from nas.cli import main
 from nas.search import SearchConfig, format_ms, search
+from supernets.errors import NasError
 from supernets.space import get_space
 from supernets.spec import ArchSpec
 
@@ -431,3 +432,39 @@ def test_out_that_cannot_be_a_folder_is_refused_before_any_work(where, tmp_path,
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"--out {out}: " in err and "not a directory" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_search_in_onnxruntime_measures_its_checks_there(lut_path, bounds, tmp_path,
+                                                         monkeypatch):
+    """A table measured in ONNX Runtime: the search takes its runtime (no --runtime needed) and
+    its measured checks run the network in ONNX Runtime."""
+    import lut.isolated
+    from lut.runtimes import Runtime
+
+    ort = Runtime("onnxruntime", "CPUExecutionProvider")
+    table = LatencyTable.load(lut_path, allow_foreign=True)
+    ort_path = tmp_path / "ort.parquet"
+    table.with_meta(backend=ort.meta(1)).save(ort_path)
+    fast, slow = bounds
+    budget = fast + 0.5 * (slow - fast)
+    runtimes = []
+
+    def fake_measure(spec, device, **kw):
+        runtimes.append(kw.get("runtime"))
+        ms = 0.95 * budget
+        return {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "samples": 1}
+
+    stand_in_probe(monkeypatch)
+    monkeypatch.setattr(lut.isolated, "measure_network_isolated", fake_measure)
+    cfg = SearchConfig(budget_ms=budget, space="cpu-small", input_size=INPUT, epochs=1,
+                       train_samples=40, batch_size=8)
+    report = search(cfg, tmp_path / "s", lut=str(ort_path), progress=False)
+    assert runtimes == [ort] and report["verdict"] == "met"
+    assert report["config"]["runtime"] == "onnxruntime"
+    assert report["lut"]["runtime"].startswith("ONNX Runtime")
+    # asking for eager with that table is refused before any work
+    cfg = SearchConfig(budget_ms=budget, space="cpu-small", input_size=INPUT, epochs=1,
+                       train_samples=40, batch_size=8, runtime="torch")
+    with pytest.raises(NasError, match="measured in ONNX Runtime"):
+        search(cfg, tmp_path / "t", lut=str(ort_path), progress=False)
+    assert not (tmp_path / "t").exists()

@@ -209,7 +209,8 @@ def run_validate(args) -> Result:
     cal = table.calibration
     cols = ("table", "table_raw", "table_affine", "flops")
     lines = [f"{table.path}: {args.samples} random networks (seed {args.seed}) measured end to "
-             f"end on {table.device}, clock {table.clock}, {table.threads} thread(s)",
+             f"end on {table.device} in {table.runtime.describe()}, clock {table.clock}, "
+             f"{table.threads} thread(s)",
              *(_probe_lines(probe) if probe else ["  speed probe: skipped (--allow-foreign-lut)"]),
              f"  calibration chosen at build: {cal.method} (leave-one-out mean error "
              + ", ".join(f"{k} {100 * v:.1f}%" for k, v in cal.loo.items()) + ")",
