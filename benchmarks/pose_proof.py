@@ -22,7 +22,8 @@ Target: searched >= mobilenetv2 + 1.0 PCK@0.2 at no more measured latency, and a
 random network. The recipe is the same for every model and is not tuned per model.
 
     python benchmarks/pose_proof.py [--space efficientpose-a] [--epochs 100] [--search-epochs 20] \
-        [--randoms 5] [--seed 0] [--threads N] [--workdir runs/proof] [--out results/benchmarks/pose_proof.md]
+        [--randoms 5] [--seed 0] [--threads N] [--search-option KEY=VALUE ...] \\
+        [--workdir runs/proof] [--out results/benchmarks/pose_proof.md]
 
 Resume: every stage writes its output into ``--workdir`` (``budget.json``, ``search/report.json``,
 ``randoms.json``, ``train/<model>/metrics.json``, ``latency.json``) and is skipped when that output
@@ -39,6 +40,7 @@ Smoke run (numbers meaningless, checks the plumbing)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import platform
@@ -74,6 +76,18 @@ ABLATION = "searched-derivation-only"
 PCK_TARGET = 1.0              # searched - mobilenetv2, PCK@0.2 points
 
 
+def _option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    fields = {f.name for f in dataclasses.fields(SearchConfig)}
+    if not sep or key not in fields:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE with KEY a SearchConfig "
+                                         "field (strategy, mode, lam_control, trials, ...)")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,6 +101,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rank-samples", type=int, default=32,
                     help="the search's --rank-samples (default %(default)s, as the committed run; "
                          "0: derivation alone)")
+    ap.add_argument("--search-option", action="append", default=[], metavar="KEY=VALUE",
+                    type=_option,
+                    help="a SearchConfig field for the search, repeatable, e.g. strategy=optuna, "
+                         "mode=reinforce, lam_control=expected, trials=300, "
+                         "supernet=runs/proxies/uniform/supernet-e20.pt (values as JSON, else "
+                         "strings)")
     ap.add_argument("--randoms", type=int, default=5, help="random networks (default %(default)s)")
     ap.add_argument("--batch-size", type=int, default=32, help="retraining batch (default 32)")
     ap.add_argument("--seed", type=int, default=0,
@@ -138,11 +158,13 @@ def pin_settings(workdir: Path, args: argparse.Namespace, lut_path: Path) -> dic
     settings = {"space": args.space, "baseline": BASELINE, "data": str(Path(args.data).resolve()),
                 "epochs": args.epochs, "search_epochs": args.search_epochs,
                 "rank_samples": args.rank_samples,
+                "search_options": dict(args.search_option),
                 "randoms": args.randoms, "batch_size": args.batch_size, "seed": args.seed,
                 "limit": args.limit, "lut": str(lut_path.resolve())}
     path = workdir / "settings.json"
     if path.exists():
         pinned = _read_json(path)
+        pinned.setdefault("search_options", {})  # workdirs from before the option
         differ = [k for k in settings if pinned.get(k) != settings[k]]
         if differ:
             k = differ[0]
@@ -177,7 +199,7 @@ def stage_search(workdir: Path, budget_ms: float, args: argparse.Namespace, lut_
     if (out / "report.json").exists():
         return _read_json(out / "report.json")
     t0 = time.perf_counter()
-    if (out / "checkpoint.pt").exists():
+    if (out / "checkpoint.pt").exists() or (out / "strategy.json").exists():
         log(f"stage 2: continuing the search in {out}")
         report = search(None, out, lut=str(lut_path), resume=True, progress=progress)
     else:
@@ -187,7 +209,8 @@ def stage_search(workdir: Path, budget_ms: float, args: argparse.Namespace, lut_
         cfg = SearchConfig(budget_ms=budget_ms, space=args.space, input_size=input_size,
                            num_joints=joints, data=args.data, epochs=args.search_epochs,
                            rank_samples=args.rank_samples,
-                           seed=args.seed, threads=args.threads)
+                           seed=args.seed, threads=args.threads,
+                           **dict(args.search_option))
         report = search(cfg, out, lut=str(lut_path), progress=progress)
     if report.get("status") == "interrupted":
         raise Interrupted(f"search stopped; checkpoint in {out}")

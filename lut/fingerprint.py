@@ -7,8 +7,12 @@ speed), the instruction-set extensions that change kernel choice (AVX2, FMA, the
 variants, VNNI, AMX), the cache sizes, the core count, the ISA that ATen dispatches to
 (``torch.backends.cpu.get_cpu_capability``) and the one oneDNN reports for its convolutions, and
 the torch version. On a GPU: name, memory, compute capability, driver, CUDA and torch versions.
-The other fields (threads, clocks, power limit, temperature, load) are recorded to explain a
-table, not compared: they move from run to run on the same machine. That same identity can still
+A table measured in ONNX Runtime (``lut.runtimes``) adds the runtime, its version, the
+provider, the session options and the opset, identity fields too (an eager table, and every
+table from before runtimes, reads as ``runtime = "torch"`` with the others None); the folder
+name (``device_slug``) comes from the device's fields alone, so both runtimes' tables of a device
+sit side by side. The other fields (threads, clocks, power limit, temperature, load) are
+recorded to explain a table, not compared: they move from run to run on the same machine. That same identity can still
 run at another speed (a throttled or shared host): the speed probe in ``lut.probe`` checks that.
 
 GPU fields come from NVML via nvidia-ml-py (``import pynvml``), which is optional: without it

@@ -237,7 +237,8 @@ def test_runtime_gap_report(ort_table, tmp_path):
     build(micro_space(), "cpu", out=eager_path, timing=FAST, progress=False,
           calibration_networks=3)
     result = runtime_gap(micro_space(), LatencyTable.load(eager_path),
-                         LatencyTable.load(ort_table), networks=3, rounds=2, export_check=1)
+                         LatencyTable.load(ort_table), networks=3, rounds=2, export_check=1,
+                         bench_check=1)
     assert len(result["rows"]) == 3 and -1 <= result["kendall_tau_eager_vs_ort"] <= 1
     r = result["ratio_ort_over_eager"]
     assert r["min"] <= r["median"] <= r["max"] and r["min"] > 0
@@ -246,3 +247,6 @@ def test_runtime_gap_report(ort_table, tmp_path):
     assert check["export_ms"] > 0 and check["chain_ms"] > 0
     text = render(result, command="x", machine="m", tables={"eager": "e", "onnxruntime": "o"})
     assert "Kendall tau between the eager and the ONNX Runtime latency orders" in text
+    for name in ("eager", "onnxruntime"):
+        (b,) = result["validation"][name]["bench"]
+        assert b["bench_p10_ms"] <= b["bench_ms"] <= b["bench_p90_ms"]

@@ -15,6 +15,8 @@ reports:
   are colder than in the rounds a table is calibrated in) and the eager table's tau against
   ONNX Runtime's measurements: what ranking candidates by eager latency costs a deployment in
   ONNX Runtime;
+- ``nas bench`` (``lut.bench``) on the first ``bench_check`` networks of each validation, in
+  the validation's runtime: whether the validation's median lies inside bench's p10-p90;
 - for the first ``export_check`` networks, ONNX Runtime's latency of the network exported in one
   piece (as ``nas export`` writes it) against the chain of its rows' graphs that calibration,
   validation and the search measure (``lut.ort``), in the same rounds.
@@ -45,9 +47,31 @@ def _summary(values) -> dict:
             "max": float(v.max())}
 
 
+def _bench_check(table, report, count: int, progress) -> list[dict]:
+    """``nas bench`` on the first ``count`` networks of a validation, in its runtime."""
+    import json
+
+    from lut.bench import BenchModel, bench
+
+    space = table.space
+    out = []
+    for row in report.networks.head(count).itertuples():
+        spec = space.spec(json.loads(row.choices), row.name)
+        if progress:
+            progress(f"nas bench {spec.name} in {table.runtime.describe()}")
+        b = bench(BenchModel(spec.name, "arch", spec, spec.skeleton.input_size), table.device,
+                  runtime=table.runtime, batch=table.batch, dtype=table.dtype,
+                  threads=table.threads)
+        out.append({"network": spec.name, "validation_ms": float(row.measured_ms),
+                    "bench_ms": b["median_ms"], "bench_p10_ms": b["p10_ms"],
+                    "bench_p90_ms": b["p90_ms"],
+                    "inside": bool(b["p10_ms"] <= row.measured_ms <= b["p90_ms"])})
+    return out
+
+
 def runtime_gap(space, eager_table, ort_table, *, networks: int = 30, seed: int = 2,
                 rounds: int = 100, export_check: int = 8, validate: bool = True,
-                progress=None) -> dict:
+                bench_check: int = 3, progress=None) -> dict:
     """Measure and compare (see the module docstring); returns a JSON-ready dict."""
     ort_rt = ort_table.runtime
     rng = np.random.default_rng(seed)
@@ -94,7 +118,8 @@ def runtime_gap(space, eager_table, ort_table, *, networks: int = 30, seed: int 
             report = validate_table(table, samples=networks, seed=seed + 100, progress=False)
             validation[name] = {"metrics": report.metrics["table"],
                                 "flops": report.metrics["flops"],
-                                "files": str(report.json_path)}
+                                "files": str(report.json_path),
+                                "bench": _bench_check(table, report, bench_check, progress)}
     export = [{"network": specs[i].name, "export_ms": t[f"export:{i}"].median_ms,
                "chain_ms": t[f"ort:{i}"].median_ms,
                "export_over_chain": t[f"export:{i}"].median_ms / t[f"ort:{i}"].median_ms,
@@ -171,6 +196,13 @@ def render(r: dict, *, command: str, machine: str, tables: dict) -> str:
               ("eager table, on the side-by-side measurement", f["eager_table_on_eager"]),
               ("ONNX Runtime table, on the side-by-side measurement", f["ort_table_on_ort"]))),
         "",
+        *(f"`nas bench` on {len(v['bench'])} of the {name} validation's networks (in "
+          f"{'ONNX Runtime as `nas export` writes them' if name == 'onnxruntime' else 'eager'}): "
+          + "; ".join(f"{b['network']} bench {b['bench_ms']:.3f} ms (p10-p90 "
+                      f"{b['bench_p10_ms']:.3f}-{b['bench_p90_ms']:.3f}) vs validation "
+                      f"{b['validation_ms']:.3f} ({'inside' if b['inside'] else 'OUTSIDE'})"
+                      for b in v["bench"]) + "." + "\n"
+          for name, v in r.get("validation", {}).items() if v.get("bench")),
         "The side-by-side rounds hold both runtimes' networks (twice the weights a table's "
         "calibration rounds cycle through), so every network runs with colder caches there and "
         "reads slower than its table predicts; the validations measure each runtime as its "
