@@ -1,0 +1,1 @@
+"""What differs per task (data, metrics), one package per task; ``seg``: semantic segmentation."""
