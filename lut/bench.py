@@ -160,12 +160,6 @@ def _peak_memory(make_call, runs: int, device: torch.device) -> dict:
 
 # -- timing ------------------------------------------------------------------------------------
 
-def _fillers(spec: ArchSpec, count: int) -> list[ArchSpec]:
-    from lut.build import _fillers
-
-    return _fillers(spec, count)
-
-
 def _target_graph(m: BenchModel, runtime: Runtime, batch: int):
     """The ONNX graph ONNX Runtime runs (None for eager): made before anything is measured, so
     that neither the exporter's time nor its memory is counted."""
@@ -203,8 +197,7 @@ def bench(m: BenchModel, device: str = "cpu", *, runtime: Runtime = Runtime(), b
           fillers: bool = True, memory_runs: int = 10) -> dict:
     """Median, p10 and p90 latency of ``m``, its peak memory and this machine's fingerprint."""
     dev, dt = parse_device(device), parse_dtype(dtype)
-    if not runtime.is_eager and dtype != "fp32":
-        raise NasError(f"--dtype {dtype}: ONNX Runtime is measured in fp32 only")
+    runtime.check_dtype(dtype)
     if batch < 1:
         raise NasError(f"--batch {batch}: expected a positive integer")
     threads = threads or default_threads(dev)
@@ -221,6 +214,8 @@ def bench(m: BenchModel, device: str = "cpu", *, runtime: Runtime = Runtime(), b
             dev)
         calls = {"model": _target_call(m, graph, runtime, dev, dt, batch, threads, gen)}
         if use_fillers:
+            from lut.build import _fillers
+
             specs = _fillers(m.spec, FILLERS)
             made = runtime.network_calls(specs, dev, dt, batch, gen, threads)
             calls.update({f"filler{i}": c for i, c in enumerate(made)})

@@ -272,8 +272,7 @@ def build(space: SearchSpace, device: str = "cpu", *, batch: int = 1, dtype: str
     dev, _ = parse_device(device), parse_dtype(dtype)
     if batch < 1:
         raise NasError(f"batch = {batch}: expected a positive integer")
-    if not runtime.is_eager and dtype != "fp32":
-        raise NasError(f"--dtype {dtype}: ONNX Runtime tables are measured in fp32 only")
+    runtime.check_dtype(dtype)
     threads = threads or default_threads(dev)
     timing = timing or TimingConfig(seed=seed)
     clock = runtime.clock(timing.clock, dev, threads)

@@ -12,8 +12,9 @@ provider, the session options and the opset, identity fields too (an eager table
 table from before runtimes, reads as ``runtime = "torch"`` with the others None); the folder
 name (``device_slug``) comes from the device's fields alone, so both runtimes' tables of a device
 sit side by side. The other fields (threads, clocks, power limit, temperature, load) are
-recorded to explain a table, not compared: they move from run to run on the same machine. That same identity can still
-run at another speed (a throttled or shared host): the speed probe in ``lut.probe`` checks that.
+recorded to explain a table, not compared: they move from run to run on the same machine. That
+same identity can still run at another speed (a throttled or shared host): the speed probe in
+``lut.probe`` checks that.
 
 GPU fields come from NVML via nvidia-ml-py (``import pynvml``), which is optional: without it
 the fingerprint holds what torch reports and says ``"nvml": "unavailable"``.

@@ -126,6 +126,11 @@ class Runtime:
 
         return f"ONNX Runtime {ort.ort_version()} ({self.provider}, opset {ort.OPSET})"
 
+    def check_dtype(self, dtype: str) -> None:
+        """NasError unless this runtime measures ``dtype`` (ONNX Runtime: fp32 only)."""
+        if not self.is_eager and dtype != "fp32":
+            raise NasError(f"--dtype {dtype}: ONNX Runtime tables are measured in fp32 only")
+
     def clock(self, clock: str, device: torch.device, threads: int) -> str:
         """The clock for this runtime: ``lut.timing.resolve_clock``'s, except that ONNX Runtime
         on a GPU is timed by the wall clock (its stream is not torch's; its calls return when
