@@ -16,8 +16,8 @@ minus the resident size before them is the configuration's working memory.
 from __future__ import annotations
 
 import argparse
-import json
 import gc
+import json
 import platform
 import subprocess
 import sys
@@ -39,8 +39,8 @@ CONFIGS = {
 
 def make_step(name: str, space, predictor, batch: int, seed: int = 0):
     """A closure running one step of configuration ``name`` on a fixed random batch."""
-    from nas.pose import heatmap_loss
     from nas.search.searcher import SearchConfig, Searcher
+    from nas.tasks.pose import heatmap_loss
     from supernets.model import PoseNet
 
     h, w = space.skeleton.input_size

@@ -14,7 +14,7 @@ A run directory holds::
     metrics.json   written at the end: the last model's validation metric, with and without
                    flip test, per joint; the best epoch
 
-Validation uses each dataset's metric (``nas.pose.evaluation``): PCK@0.2 for LSP and the
+Validation uses each dataset's metric (``nas.tasks.pose.evaluation``): PCK@0.2 for LSP and the
 synthetic figures, PCKh@0.5 for MPII, OKS AP for COCO.
 
 Determinism: weights are initialised under ``seed``; the order of epoch e is a permutation drawn
@@ -43,7 +43,7 @@ from tqdm import tqdm
 from nas.checkpoint import layers_difference, save_model_checkpoint
 from nas.checks import check_float, check_int
 from nas.interrupt import stop_on_sigint
-from nas.pose import VALIDATION_SPLIT, dataset_kind, evaluate_model, heatmap_loss, make_dataset
+from nas.tasks import TASKS, get_task
 from supernets.errors import NasError
 from supernets.fileio import check_writable_dir, clear_run_files, refuse_used_out, write_atomic
 from supernets.model import PoseNet
@@ -53,7 +53,6 @@ __all__ = ["RECIPES", "RESUME_FORMAT", "TASKS", "TrainConfig", "Trainer", "Train
            "learning_rate", "recipe", "train"]
 
 RESUME_FORMAT = "nas.train/1"
-TASKS = ("pose",)
 RUN_FILES = ("resume.pt", "last.pt", "best.pt", "log.jsonl", "metrics.json")  # what a run writes
 
 
@@ -84,8 +83,7 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise NasError(f"--task {self.task!r}: expected one of {', '.join(TASKS)}")
+        get_task(self.task)   # a one-line error for a task that cannot train
         for name in ("epochs", "batch_size", "synthetic_train", "synthetic_val"):
             check_int(name, getattr(self, name))
         for name in ("limit", "threads"):
@@ -143,17 +141,18 @@ class Trainer:
         self.cfg = cfg
         self.spec = cfg.spec
         sk = self.spec.skeleton
-        common = dict(num_joints=sk.num_joints, sigma=cfg.sigma, seed=cfg.seed, limit=cfg.limit)
-        self.train_set = make_dataset(cfg.data, "train", sk.input_size, sk.heatmap_size,
-                                      augment=True, synthetic_size=cfg.synthetic_train, **common)
+        self.task = get_task(cfg.task)
+        self.train_set = self.task.make_dataset(
+            cfg.data, "train", sk, seed=cfg.seed, augment=True, limit=cfg.limit,
+            synthetic_size=cfg.synthetic_train, **self.task.reader_options(cfg))
         val_data = cfg.val_data if cfg.val_data is not None else cfg.data
         if cfg.val_data is None and cfg.data is not None and Path(cfg.data).is_file():
             print(f"nas: --data {cfg.data} is a single annotation file: validating on the "
                   "training data itself (give --val-data for a held-out file)", file=sys.stderr)
-        self.val_set = make_dataset(val_data, VALIDATION_SPLIT[dataset_kind(val_data)],
-                                    sk.input_size, sk.heatmap_size, augment=False,
-                                    synthetic_size=cfg.synthetic_val,
-                                    detections=cfg.detections, **common)
+        self.val_set = self.task.make_dataset(
+            val_data, self.task.validation_split(val_data), sk, seed=cfg.seed, augment=False,
+            limit=cfg.limit, synthetic_size=cfg.synthetic_val,
+            **self.task.reader_options(cfg, validation=True))
         self.device = torch.device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -191,8 +190,8 @@ class Trainer:
 
     def _train_step(self, batch: dict) -> float:
         images = batch["image"].to(self.device).contiguous(memory_format=torch.channels_last)
-        loss = heatmap_loss(self.model(images), batch["target"].to(self.device),
-                            batch["target_weight"].to(self.device))
+        batch = {k: batch[k].to(self.device) for k in self.task.target_keys}
+        loss = self.task.loss(self.model(images), batch)
         value = float(loss.detach())
         if not math.isfinite(value):
             lr = self.optimizer.param_groups[0]["lr"]
@@ -204,9 +203,9 @@ class Trainer:
         return value
 
     def validate(self, *, flip: bool = False, progress: bool = False) -> dict:
-        return evaluate_model(self.model, self.val_set, flip=flip, device=self.device,
-                              batch_size=self.cfg.batch_size, num_workers=self.cfg.workers,
-                              progress=progress)
+        return self.task.evaluate_model(self.model, self.val_set, flip=flip,
+                                        device=self.device, batch_size=self.cfg.batch_size,
+                                        num_workers=self.cfg.workers, progress=progress)
 
     def run(self, out: Path, *, progress: bool = True,
             on_step: Callable[[Trainer], None] | None = None) -> bool:
@@ -290,7 +289,7 @@ class Trainer:
         """``resume.pt``, ``last.pt`` (and ``best.pt`` after an improving epoch), ``log.jsonl``."""
         meta = {"epoch": self.epoch, "step": self.step, "complete": self.finished,
                 "metrics": self.history[-1] if self.history else None,
-                "data": self.cfg.data, "seed": self.cfg.seed}
+                "data": self.cfg.data, "seed": self.cfg.seed, "task": self.cfg.task}
         save_model_checkpoint(out / "last.pt", self.spec, self.model, **meta)
         if self.step == 0 and getattr(self, "_improved", False):
             save_model_checkpoint(out / "best.pt", self.spec, self.model, **meta)
@@ -371,6 +370,7 @@ def _finish(trainer: Trainer, out: Path, progress: bool) -> dict:
     final_flip = trainer.validate(flip=True, progress=progress)
     report = {
         "status": "complete",
+        "task": cfg.task,
         "arch": trainer.spec.name,
         "out": str(out),
         "data": cfg.data or "synthetic",

@@ -359,8 +359,7 @@ def test_resume_of_a_proposing_search_refuses_epochs(optuna_run, capsys):
 
 def test_search_stopped_in_supernet_training_resumes_to_the_end(lut_path, bounds, tmp_path,
                                                                 monkeypatch):
-    from nas.search import SearchConfig, search
-    from nas.search import oneshot
+    from nas.search import SearchConfig, oneshot, search
 
     real = oneshot.OneShotTrainer.train_step
     calls = {"n": 0}

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 import lut.build
-from lut import LatencyPredictor, LatencyTable, TimingConfig
-from lut import ort
+from lut import LatencyPredictor, LatencyTable, TimingConfig, ort
 from lut.build import build, default_table_path, measure_networks
 from lut.fingerprint import describe, device_slug, fingerprint, identity
 from lut.keys import space_rows, spec_rows

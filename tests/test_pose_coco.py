@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nas.pose import COCO_JOINTS, COCOKeypoints, make_dataset
-from nas.pose.coco import keypoint_similarity
-from nas.pose.evaluation import Predictions
+from nas.tasks.pose import COCO_JOINTS, COCOKeypoints, make_dataset
+from nas.tasks.pose.coco import keypoint_similarity
+from nas.tasks.pose.evaluation import Predictions
 from supernets.errors import NasError
 
 W, H = 64, 48

@@ -8,7 +8,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from nas.pose import LSP, LSP_JOINTS, make_dataset
+from nas.tasks.pose import LSP, LSP_JOINTS, make_dataset
 from supernets.errors import NasError
 
 REAL_LSP = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lsp"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from nas.pose import (
+from nas.tasks.pose import (
     LSP_FLIP_PAIRS,
     LSP_JOINTS,
     SyntheticPose,

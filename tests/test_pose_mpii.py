@@ -8,9 +8,9 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from nas.pose import MPII, MPII_JOINTS, make_dataset
-from nas.pose.evaluation import Predictions
-from nas.pose.mpii import HEAD_SIZE_APPROXIMATION
+from nas.tasks.pose import MPII, MPII_JOINTS, make_dataset
+from nas.tasks.pose.evaluation import Predictions
+from nas.tasks.pose.mpii import HEAD_SIZE_APPROXIMATION
 from supernets.errors import NasError
 
 W, H = 60, 80

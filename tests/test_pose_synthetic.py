@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from nas.pose import (
+from nas.tasks.pose import (
     LSP_JOINTS,
     MPII_JOINTS,
     PoseDataset,

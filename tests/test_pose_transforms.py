@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from nas.pose.transforms import (
+from nas.tasks.pose.transforms import (
     Augmentation,
     apply_affine,
     crop_affine,

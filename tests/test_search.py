@@ -10,8 +10,8 @@ import signal
 
 import numpy as np
 import pytest
-from conftest import macs_table
 import torch
+from conftest import macs_table
 
 from lut import LatencyPredictor, LatencyTable
 from nas.cli import main

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from nas.pose import heatmap_loss
 from nas.search.rank import candidates, score
+from nas.tasks.pose import heatmap_loss
+from nas.tasks.pose.task import POSE
 from supernets.flops import op_macs
 from supernets.space import get_space
 from supernets.supernet import SuperNet
@@ -67,7 +68,7 @@ def test_score_is_the_standalone_loss_after_bn_recalibration(space):
     spec = space.sample(np.random.default_rng(5))
     before = {k: v.clone() for k, v in supernet.state_dict().items()}
 
-    got = score(supernet, spec, bn, held_out, heatmap_loss)
+    got = score(supernet, spec, bn, held_out, POSE.loss)
 
     assert supernet.training
     after = supernet.state_dict()
@@ -86,4 +87,4 @@ def test_score_is_the_standalone_loss_after_bn_recalibration(space):
                   for b in held_out]
     assert got == pytest.approx(sum(losses) / len(losses), rel=1e-5)
     other = space.sample(np.random.default_rng(6))
-    assert score(supernet, other, bn, held_out, heatmap_loss) != pytest.approx(got, rel=1e-6)
+    assert score(supernet, other, bn, held_out, POSE.loss) != pytest.approx(got, rel=1e-6)

@@ -15,13 +15,14 @@ import torch
 from nas.argtypes import non_negative_int, positive_int
 from nas.checkpoint import load_model_checkpoint
 from nas.commands import Result
-from nas.pose import EVALUATION_SPLIT, dataset_kind, evaluate_model, format_result, make_dataset
+from nas.tasks import get_task
 
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a trained checkpoint", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="CKPT", help="nas.model/1 checkpoint (e.g. best.pt)")
+    p.add_argument("--task", help="task (default: the checkpoint's, else pose)")
     p.add_argument("--data", help="dataset: an LSP, MPII or COCO folder or an MPII/COCO JSON "
                    "file (default: embedded synthetic figures)")
     p.add_argument("--split", help="split to score (default: test for LSP/synthetic, val for "
@@ -44,19 +45,20 @@ def run(args) -> Result:
     if args.threads:
         torch.set_num_threads(args.threads)
     spec, model, meta = load_model_checkpoint(args.checkpoint)
+    task = get_task(args.task or meta.get("task") or "pose")
     sk = spec.skeleton
-    split = args.split or EVALUATION_SPLIT[dataset_kind(args.data)]
-    dataset = make_dataset(args.data, split, sk.input_size, sk.heatmap_size, seed=0,
-                           augment=False, num_joints=sk.num_joints, limit=args.limit,
-                           detections=args.detections)
+    split = args.split or task.evaluation_split(args.data)
+    options = {"detections": args.detections} if args.detections else {}
+    dataset = task.make_dataset(args.data, split, sk, seed=0, augment=False, limit=args.limit,
+                                **options)
     model = model.to(torch.device(args.device), memory_format=torch.channels_last)
-    result = evaluate_model(model, dataset, flip=args.flip, batch_size=args.batch_size,
-                            device=args.device, num_workers=args.workers,
-                            progress=not args.no_progress)
+    result = task.evaluate_model(model, dataset, flip=args.flip, batch_size=args.batch_size,
+                                 device=args.device, num_workers=args.workers,
+                                 progress=not args.no_progress)
     h, w = sk.input_size
     data = args.data or "synthetic"
     header = (f"{spec.name} ({h}x{w}, {sk.num_joints} joints) from {args.checkpoint}, "
               f"on {data} split {split}")
-    return Result(header + "\n" + format_result(result),
+    return Result(header + "\n" + task.format_result(result),
                   {"checkpoint": str(args.checkpoint), "arch": spec.name, "data": data,
                    "split": split, **result})

@@ -1,7 +1,7 @@
 """``nas train ARCH --task pose [--data PATH] [--recipe NAME] [--epochs N] [--input HxW]
 [--out DIR] [--force] [--resume DIR] [--json]``: train an architecture from scratch.
 
-``--data`` names a dataset by its layout (Leeds Sports Pose, MPII, COCO: see ``nas.pose.data``);
+``--data`` names a dataset by its layout (Leeds Sports Pose, MPII, COCO: see ``nas.tasks.pose.data``);
 omitted, the embedded synthetic figures. The recipe is EfficientPose's: Adam lr 1e-3, weight
 decay 1e-4, lr x0.1 at 75% and 85% of the epochs, validated every epoch. ``--recipe`` names a
 preset of these settings (``efficientpose``: 200 epochs; ``proof``: 30 epochs, the pose proof's;
@@ -17,7 +17,7 @@ import argparse
 
 from nas.argtypes import input_size, non_negative_int, positive_float, positive_int
 from nas.commands import INTERRUPTED, Result, given_flags
-from nas.pose import format_result
+from nas.tasks import get_task
 from supernets.errors import NasError
 from supernets.named import load_arch
 
@@ -105,5 +105,6 @@ def run(args) -> Result:
              "metrics.json)"]
     if best:
         lines.append(f"best epoch {best['epoch']}: {best['metric']} {best['val']:.2f}")
-    lines += [f"final model on {report['val_data']}:", format_result(report["final_flip"])]
+    task = get_task(report.get("task") or "pose")
+    lines += [f"final model on {report['val_data']}:", task.format_result(report["final_flip"])]
     return Result("\n".join(lines), report)

@@ -74,6 +74,12 @@ class OneShotConfig:
     input_size: tuple[int, int] | None = None
     num_joints: int | None = None
     device: str | None = None
+    task: str | None = None              # None: pose
+
+    @property
+    def task_obj(self):
+        from nas.tasks import get_task
+        return get_task(self.task or "pose")
 
     def __post_init__(self):
         if self.rule not in RULES:
@@ -111,24 +117,21 @@ class OneShotConfig:
         return torch.device(self.device or "cpu")
 
 
-_LATER_FIELDS = ("input_size", "num_joints", "device")
+_LATER_FIELDS = ("input_size", "num_joints", "device", "task")
 
 
 def split_datasets(space: SearchSpace, data: str | None, *, seed: int, arch_split: float,
                    batch_size: int, train_samples: int = 1024, augment: bool = True,
-                   limit: int | None = None):
+                   limit: int | None = None, task: str = "pose"):
     """The search's split of the training data: ``(dataset, weight part, architecture part)``,
     the parts as index lists into the training split (augmented or not); ``limit``: at most
-    that many training images (smoke runs)."""
-    from nas.pose import make_dataset
+    that many training images (smoke runs). The task's reader refuses data whose outputs do not
+    match the space's (e.g. another joint count)."""
+    from nas.tasks import get_task
 
-    sk = space.skeleton
-    full = make_dataset(data, "train", sk.input_size, sk.heatmap_size, seed=seed,
-                        augment=augment, num_joints=sk.num_joints,
-                        limit=limit if data else train_samples, synthetic_size=train_samples)
-    if full.num_joints != sk.num_joints:
-        raise NasError(f"--data {data}: {full.num_joints} joints, but space {space.name} "
-                       f"predicts {sk.num_joints}")
+    full = get_task(task).make_dataset(data, "train", space.skeleton, seed=seed,
+                                       augment=augment, limit=limit if data else train_samples,
+                                       synthetic_size=train_samples)
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed)).tolist()
     n_arch = max(batch_size, int(round(len(full) * arch_split)))
     if len(full) - n_arch < batch_size:
@@ -143,9 +146,11 @@ class OneShotTrainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.space = cfg.space_obj()
+        self.task = cfg.task_obj
         self.dataset, self.weight_idx, self.arch_idx = split_datasets(
             self.space, cfg.data, seed=cfg.seed, arch_split=cfg.arch_split,
-            batch_size=cfg.batch_size, train_samples=cfg.train_samples, limit=cfg.limit)
+            batch_size=cfg.batch_size, train_samples=cfg.train_samples, limit=cfg.limit,
+            task=self.task.name)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.supernet = SuperNet(self.space).to(cfg.torch_device,
@@ -191,16 +196,14 @@ class OneShotTrainer:
                        self.cfg.torch_device)
 
     def train_step(self, batch: dict) -> float:
-        from nas.pose import heatmap_loss
-
         self.opt.zero_grad(set_to_none=True)
         teacher, losses = None, []
         for i, mixes in enumerate(self.paths()):
             out = self.supernet(batch["image"], mixes)
-            target = batch["target"]
-            if self.cfg.rule == "sandwich-kd" and i > 0:
-                target = teacher
-            loss = heatmap_loss(out, target, batch["target_weight"])
+            if self.cfg.rule == "sandwich-kd" and teacher is not None:
+                loss = self.task.distillation_loss(out, teacher, batch)
+            else:
+                loss = self.task.loss(out, batch)
             value = float(loss.detach())
             if not np.isfinite(value):
                 raise NasError(f"supernet training loss became {value} in epoch "
@@ -346,9 +349,11 @@ class PathScorer:
 
         self.supernet, self.cfg = supernet, cfg
         space = cfg.space_obj()
+        self.task = cfg.task_obj
         augmented, weight_idx, arch_idx = split_datasets(
             space, cfg.data, seed=cfg.seed, arch_split=cfg.arch_split,
-            batch_size=cfg.batch_size, train_samples=cfg.train_samples, limit=cfg.limit)
+            batch_size=cfg.batch_size, train_samples=cfg.train_samples, limit=cfg.limit,
+            task=self.task.name)
         g = torch.Generator().manual_seed(seed * 104_729 + 5)
         n_bn = min(len(weight_idx), bn_batches * cfg.batch_size)
         bn_idx = [weight_idx[i] for i in torch.randperm(len(weight_idx), generator=g)[:n_bn]]
@@ -356,7 +361,7 @@ class PathScorer:
         self.bn = batches(augmented, bn_idx, cfg.batch_size, self.device, 0)
         plain, _, _ = split_datasets(space, cfg.data, seed=cfg.seed, arch_split=cfg.arch_split,
                                      batch_size=cfg.batch_size, train_samples=cfg.train_samples,
-                                     augment=False, limit=cfg.limit)
+                                     augment=False, limit=cfg.limit, task=self.task.name)
         self.held_out = torch.utils.data.Subset(plain, sorted(arch_idx)[:images])
 
     @torch.no_grad()
@@ -377,10 +382,8 @@ class PathScorer:
 
     def score(self, spec: ArchSpec) -> dict:
         """``{"pck", "loss", "seconds"}`` of ``spec``'s path on the held-out images."""
-        from nas.pose import evaluate_model
-
         t0 = time.perf_counter()
-        result = evaluate_model(self.model(spec), self.held_out,
-                                batch_size=self.cfg.batch_size * 2, device=self.device)
+        result = self.task.evaluate_model(self.model(spec), self.held_out,
+                                          batch_size=self.cfg.batch_size * 2, device=self.device)
         return {"pck": result["mean"], "loss": result["loss"],
                 "seconds": time.perf_counter() - t0}

@@ -81,7 +81,7 @@ def _norm_layers(module: torch.nn.Module) -> list[torch.nn.modules.batchnorm._Ba
 @torch.no_grad()
 def score(supernet, spec: ArchSpec, bn_batches: list[dict], score_batches: list[dict],
           loss_fn: Callable[..., torch.Tensor]) -> float:
-    """Mean task loss of ``spec``'s path through ``supernet`` on ``score_batches``, after
+    """Mean task loss (``loss_fn(output, batch)``) of ``spec``'s path through ``supernet`` on ``score_batches``, after
     recomputing BatchNorm statistics on ``bn_batches``. The supernet's own statistics and mode
     are restored afterwards."""
     mixes = supernet.fixed_mixes(spec)
@@ -100,8 +100,7 @@ def score(supernet, spec: ArchSpec, bn_batches: list[dict], score_batches: list[
         total, count = 0.0, 0
         for batch in score_batches:
             n = batch["image"].shape[0]
-            total += float(loss_fn(supernet(batch["image"], mixes), batch["target"],
-                                   batch["target_weight"])) * n
+            total += float(loss_fn(supernet(batch["image"], mixes), batch)) * n
             count += n
         return total / max(count, 1)
     finally:
@@ -125,8 +124,6 @@ def rank(searcher, probs: Mapping[str, torch.Tensor], derived: Derivation,
          window: tuple[float, float] | None, name: str) -> list[dict]:
     """Candidates of a finished search (``derived`` and draws from ``probs``), best (lowest
     held-out loss) first, each with its ``proxy_loss`` and ``rank``."""
-    from nas.pose import heatmap_loss
-
     cfg = searcher.cfg
     found = candidates(searcher.space, probs, searcher.predictor.latency, window,
                        cfg.rank_samples, cfg.seed, name, first=derived)
@@ -139,7 +136,7 @@ def rank(searcher, probs: Mapping[str, torch.Tensor], derived: Derivation,
     score_b = batches(searcher.arch_set, score_idx, cfg.batch_size, searcher.device, cfg.epochs)
     t0 = time.perf_counter()
     for c in found:
-        c["proxy_loss"] = score(searcher.supernet, c["spec"], bn_b, score_b, heatmap_loss)
+        c["proxy_loss"] = score(searcher.supernet, c["spec"], bn_b, score_b, searcher.task.loss)
     found.sort(key=lambda c: c["proxy_loss"])
     for i, c in enumerate(found):
         c["rank"] = i + 1

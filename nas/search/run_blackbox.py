@@ -70,7 +70,8 @@ def _oneshot_config(cfg: SearchConfig, space):
                          train_samples=cfg.train_samples, seed=cfg.seed, threads=cfg.threads,
                          input_size=tuple(space.skeleton.input_size),
                          num_joints=space.skeleton.num_joints,
-                         device=None if cfg.device == "cpu" else cfg.device)
+                         device=None if cfg.device == "cpu" else cfg.device,
+                         task=None if cfg.task == "pose" else cfg.task)
 
 
 def _file_sha(path: Path) -> str:

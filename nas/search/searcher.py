@@ -45,6 +45,7 @@ from tqdm import tqdm
 from nas.checks import check_float, check_int
 from nas.interrupt import stop_on_sigint
 from nas.search.relax import MODES, ArchParameters
+from nas.tasks import get_task
 from supernets.errors import NasError
 from supernets.fileio import write_atomic
 from supernets.space import SearchSpace
@@ -218,6 +219,7 @@ class Searcher:
                  bounds_ms: tuple[float, float] | None = None):
         self.cfg = cfg
         self.space = space
+        self.task = get_task(cfg.task)
         self.predictor = predictor
         self.train_set = train_set
         self.arch_set = arch_set
@@ -265,10 +267,7 @@ class Searcher:
 
     # -- steps -----------------------------------------------------------------------------
     def _task_loss(self, batch: dict, mixes) -> torch.Tensor:
-        from nas.pose import heatmap_loss
-
-        out = self.supernet(batch["image"], mixes)
-        return heatmap_loss(out, batch["target"], batch["target_weight"])
+        return self.task.loss(self.supernet(batch["image"], mixes), batch)
 
     def expected_latency(self) -> torch.Tensor:
         return self.predictor.expected_latency(self.space, self.arch.probs())
@@ -285,15 +284,13 @@ class Searcher:
 
     def _reinforce_step(self, batch: dict) -> dict:
         """Score-function architecture step over ``arch_samples`` single paths (relax docs)."""
-        from nas.pose import heatmap_loss
-
         cfg = self.cfg
         paths = self.arch.sample_paths(self.gen, cfg.arch_samples)
         losses = []
         with torch.no_grad():
             for path in paths:
                 out = self.supernet(batch["image"], {lb: [(i, 1.0)] for lb, i in path.items()})
-                losses.append(float(heatmap_loss(out, batch["target"], batch["target_weight"])))
+                losses.append(float(self.task.loss(out, batch)))
         mean = float(np.mean(losses))
         self.loss_scale = mean if self.loss_scale is None else 0.9 * self.loss_scale + 0.1 * mean
         k = len(losses)

@@ -26,7 +26,7 @@ Samples (``SegDataset``), sizes (height, width): with ``augment``, scale by s ~ 
 (image bilinear, label nearest), take a random ``crop`` window, pad at the bottom and right where
 the scaled image is smaller (label 255; image the ImageNet mean, i.e. 0 after normalisation), then
 flip left-right with probability 0.5. The draws come from a generator seeded by (seed, epoch,
-index), as in ``nas.pose``: a sample is the same whichever DataLoader worker makes it, and
+index), as in ``nas.tasks.pose``: a sample is the same whichever DataLoader worker makes it, and
 ``set_epoch`` varies it per epoch. Without ``augment``: resized to ``crop`` if given (aspect not
 kept; a fixed network input), else kept at its size.
 """
@@ -44,7 +44,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 # ImageNet normalisation is the same for every task; it lives with pose, the first task.
-from nas.pose.transforms import normalize_image
+from nas.tasks.pose.transforms import normalize_image
 from supernets.errors import NasError
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 - ``make_dataset(None, ...)``: synthetic figures (``SyntheticPose``), nothing to download;
   ``make_dataset(path, ...)``: Leeds Sports Pose (``LSP``), MPII (``MPII``) or COCO
-  (``COCOKeypoints``), recognised by layout (``nas.pose.data``). All yield the ``PoseDataset``
+  (``COCOKeypoints``), recognised by layout (``nas.tasks.pose.data``). All yield the ``PoseDataset``
   dict (crop, Gaussian targets, weights, joints in original pixels, the crop's affine, ``norm``).
 - ``heatmap_loss``: weighted heatmap MSE.
 - ``decode_heatmaps`` -> ``to_image_coords`` -> ``pck``; ``evaluate`` runs all three on a model.
@@ -12,8 +12,8 @@
 Joint order for 14 joints is LSP's (``LSP_JOINTS``); coordinates put pixel centres at integers.
 """
 
-from nas.pose.coco import COCO_STATS, COCOKeypoints
-from nas.pose.data import (
+from nas.tasks.pose.coco import COCO_STATS, COCOKeypoints
+from nas.tasks.pose.data import (
                            DEFAULT_SYNTHETIC_SIZE,
                            EVALUATION_SPLIT,
                            SYNTHETIC_SPLITS,
@@ -21,10 +21,16 @@ from nas.pose.data import (
                            dataset_kind,
                            make_dataset,
 )
-from nas.pose.dataset import PoseDataset
-from nas.pose.evaluation import (Predictions, evaluate, evaluate_model, format_result, predict,
-                                 score)
-from nas.pose.joints import (
+from nas.tasks.pose.dataset import PoseDataset
+from nas.tasks.pose.evaluation import (
+                           Predictions,
+                           evaluate,
+                           evaluate_model,
+                           format_result,
+                           predict,
+                           score,
+)
+from nas.tasks.pose.joints import (
                            COCO_FLIP_PAIRS,
                            COCO_JOINTS,
                            JOINT_SETS,
@@ -34,12 +40,12 @@ from nas.pose.joints import (
                            MPII_JOINTS,
                            torso_size,
 )
-from nas.pose.loss import heatmap_loss
-from nas.pose.lsp import LSP, LSP_SPLITS
-from nas.pose.metrics import decode_heatmaps, flip_heatmaps, pck, to_image_coords
-from nas.pose.mpii import MPII, MPII_SPLITS
-from nas.pose.synthetic import SyntheticPose
-from nas.pose.transforms import Augmentation
+from nas.tasks.pose.loss import heatmap_loss
+from nas.tasks.pose.lsp import LSP, LSP_SPLITS
+from nas.tasks.pose.metrics import decode_heatmaps, flip_heatmaps, pck, to_image_coords
+from nas.tasks.pose.mpii import MPII, MPII_SPLITS
+from nas.tasks.pose.synthetic import SyntheticPose
+from nas.tasks.pose.transforms import Augmentation
 
 __all__ = [
     "COCO_FLIP_PAIRS", "COCO_JOINTS", "COCO_STATS", "DEFAULT_SYNTHETIC_SIZE", "EVALUATION_SPLIT",

@@ -43,10 +43,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
-from nas.pose.dataset import PoseDataset
-from nas.pose.joints import COCO_JOINTS
-from nas.pose.records import check_image, check_joints_in_image, read_json
-from nas.pose.transforms import Augmentation
+from nas.tasks.pose.dataset import PoseDataset
+from nas.tasks.pose.joints import COCO_JOINTS
+from nas.tasks.pose.records import check_image, check_joints_in_image, read_json
+from nas.tasks.pose.transforms import Augmentation
 from supernets.errors import NasError
 
 __all__ = ["COCO_STATS", "COCOKeypoints", "is_coco_root"]

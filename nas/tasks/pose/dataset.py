@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from nas.pose.joints import flip_pairs_for, torso_size
-from nas.pose.transforms import (
+from nas.tasks.pose.joints import flip_pairs_for, torso_size
+from nas.tasks.pose.transforms import (
     Augmentation,
     apply_affine,
     crop_affine,

@@ -1,6 +1,6 @@
 """Crops, heatmap targets and augmentation for top-down pose data.
 
-Coordinate convention, everywhere in ``nas.pose``: continuous pixel coordinates with pixel
+Coordinate convention, everywhere in ``nas.tasks.pose``: continuous pixel coordinates with pixel
 *centres* at integers (pixel (0, 0) covers [-0.5, 0.5]^2). In it, an input crop of width W and
 its heatmap of width w line up as ``x_hm = (x_in + 0.5) * w / W - 0.5``, and a horizontal flip is
 ``x -> W - 1 - x`` at both resolutions, so flipping the input and flipping the heatmap agree

@@ -17,8 +17,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from nas.pose.loss import heatmap_loss
-from nas.pose.metrics import decode_heatmaps, flip_heatmaps, pck, to_image_coords
+from nas.tasks.pose.loss import heatmap_loss
+from nas.tasks.pose.metrics import decode_heatmaps, flip_heatmaps, pck, to_image_coords
 
 __all__ = ["PCK_THRESHOLD", "Predictions", "evaluate", "evaluate_model", "format_result", "predict",
            "score"]

@@ -2,7 +2,7 @@
 
 PCK@t: a joint is correct when its distance to the ground truth is at most t x the sample's
 normaliser (``norm``: for LSP and the synthetic data the torso size, the mean of the two
-shoulder-to-opposite-hip distances, see ``nas.pose.joints.torso_size``, from ground truth).
+shoulder-to-opposite-hip distances, see ``nas.tasks.pose.joints.torso_size``, from ground truth).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nas.pose.transforms import apply_affine, heatmap_to_input, invert_affine
+from nas.tasks.pose.transforms import apply_affine, heatmap_to_input, invert_affine
 
 __all__ = ["decode_heatmaps", "flip_heatmaps", "pck", "to_image_coords"]
 
@@ -56,7 +56,7 @@ def flip_heatmaps(heatmaps: Tensor, flip_pairs, *, shift: bool = False) -> Tenso
 
     ``shift`` moves them one pixel right, the fix HRNet/SimpleBaseline need because their
     targets put heatmap pixel i at input pixel 4i, which is not mirror-symmetric. Our targets
-    align pixel centres (``nas.pose.transforms``), where mirroring is exact, so the default is
+    align pixel centres (``nas.tasks.pose.transforms``), where mirroring is exact, so the default is
     no shift.
     """
     flipped = heatmaps.flip(-1)

@@ -26,9 +26,9 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from nas.pose.dataset import PoseDataset
-from nas.pose.joints import LSP_JOINTS
-from nas.pose.transforms import Augmentation
+from nas.tasks.pose.dataset import PoseDataset
+from nas.tasks.pose.joints import LSP_JOINTS
+from nas.tasks.pose.transforms import Augmentation
 from supernets.errors import NasError
 
 __all__ = ["LSP", "LSP_SPLITS", "image_name", "read_joints"]

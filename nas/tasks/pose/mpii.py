@@ -41,11 +41,11 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from nas.pose.dataset import PoseDataset
-from nas.pose.joints import MPII_JOINTS
-from nas.pose.metrics import pck
-from nas.pose.records import check_image, check_joints_in_image, read_json
-from nas.pose.transforms import Augmentation
+from nas.tasks.pose.dataset import PoseDataset
+from nas.tasks.pose.joints import MPII_JOINTS
+from nas.tasks.pose.metrics import pck
+from nas.tasks.pose.records import check_image, check_joints_in_image, read_json
+from nas.tasks.pose.transforms import Augmentation
 from supernets.errors import NasError
 
 __all__ = ["HEAD_SIZE_APPROXIMATION", "MPII", "MPII_SPLITS", "is_mpii_root"]

@@ -19,9 +19,9 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from nas.pose.dataset import PoseDataset
-from nas.pose.joints import JOINT_SETS
-from nas.pose.transforms import Augmentation
+from nas.tasks.pose.dataset import PoseDataset
+from nas.tasks.pose.joints import JOINT_SETS
+from nas.tasks.pose.transforms import Augmentation
 from supernets.errors import NasError
 
 __all__ = ["SyntheticPose", "draw_figure"]

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nas.pose.coco import COCOKeypoints, is_coco_root
-from nas.pose.dataset import PoseDataset
-from nas.pose.lsp import LSP
-from nas.pose.mpii import MPII, is_mpii_root
-from nas.pose.synthetic import SyntheticPose
+from nas.tasks.pose.coco import COCOKeypoints, is_coco_root
+from nas.tasks.pose.dataset import PoseDataset
+from nas.tasks.pose.lsp import LSP
+from nas.tasks.pose.mpii import MPII, is_mpii_root
+from nas.tasks.pose.synthetic import SyntheticPose
 from supernets.errors import NasError
 
 __all__ = ["DATASET_JOINTS", "DEFAULT_SYNTHETIC_SIZE", "EVALUATION_SPLIT", "SYNTHETIC_SPLITS",
