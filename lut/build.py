@@ -129,9 +129,10 @@ def measure_network(spec: ArchSpec, device: str = "cpu", *, batch: int = 1, dtyp
 
 def _fillers(spec: ArchSpec, count: int = 16, seed: int = 0) -> list[ArchSpec]:
     """Random networks on ``spec``'s skeleton, drawn as calibration and validation draw theirs."""
-    from supernets.space import SearchSpace
+    from supernets.space import SearchSpace, seg_heads
 
-    space = SearchSpace("fillers", spec.skeleton)
+    heads = seg_heads() if spec.skeleton.task == "seg" else ()
+    space = SearchSpace("fillers", spec.skeleton, seg_heads=heads)
     rng = np.random.default_rng(seed)
     return [space.sample(rng, name=f"filler{i}") for i in range(count)]
 

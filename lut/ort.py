@@ -183,6 +183,10 @@ def op_models(rows: Sequence, batch: int = 1, dtype: str = "fp32",
     from supernets.ops import build_op
 
     _dtype(dtype)
+    low = next((row for row in rows if row.low_chs), None)
+    if low is not None:
+        raise NasError(f"row {low.key}: ONNX Runtime rows of segmentation heads are not built "
+                       "yet; time them in PyTorch eager (--runtime torch)")
     models, todo = {}, []
     for row in rows:
         key = _cache_key("op", row.key, batch, dtype)
@@ -272,6 +276,10 @@ def network_model(spec, batch: int = 1, dtype: str = "fp32", *, how: str = "chai
     from supernets.model import PoseNet
 
     _dtype(dtype)
+    if how == "chain" and spec.skeleton.task == "seg":
+        # a chain joins one output to the next input; a segmentation head's low-level input
+        # is not expressed yet, so the network is exported whole
+        how = "export"
     if how == "chain":
         rows = [row for _, row in spec_rows(spec)]
         ops = op_models(rows, batch, dtype)

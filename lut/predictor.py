@@ -118,10 +118,12 @@ class LatencyPredictor:
                     for c, cand in enumerate(layer.candidates):
                         if cand.op == "skip" and w != cand.out_chs:
                             continue
-                        row = RowShape(cand.op, w, cand.out_chs, layer.stride, layer.in_hw)
+                        row = RowShape(cand.op, w, cand.out_chs, layer.stride, layer.in_hw,
+                                       layer.low_chs, layer.low_hw)
                         costs[i, c] = self._row_ms(row, layer.label, space)
                 layers.append(_LayerCosts(layer.label, layer.searchable,
-                                          layer.kind in ("backbone", "head"), layer.in_widths,
+                                          layer.kind in ("backbone", "head", "seghead"),
+                                          layer.in_widths,
                                           layer.candidates, costs))
             self._space_costs[space] = layers
         return self._space_costs[space]

@@ -147,16 +147,18 @@ class Runtime:
                  gen: torch.Generator, threads: int) -> dict[str, Fn]:
         """``{row.key: call}``: each row's op on a random input of its shape."""
         if self.is_eager:
-            from supernets.ops import build_op
-
             calls = {}
             for row in rows:
-                module = build_op(row.op, row.in_chs, row.out_chs, row.stride).eval()
-                module = module.to(device, dtype)
-                x = torch.randn(batch, row.in_chs, *row.in_hw, generator=gen).to(device, dtype)
-                calls[row.key] = (lambda m, x: lambda: m(x))(module, x)
+                module = row.build().eval().to(device, dtype)
+                xs = tuple(x.to(device, dtype) for x in row.inputs(batch, gen))
+                calls[row.key] = (lambda m, xs: lambda: m(*xs))(module, xs)
             return calls
         from lut import ort
+
+        low = next((row for row in rows if row.low_chs), None)
+        if low is not None:
+            raise NasError(f"{self.describe()}: rows of segmentation heads ({low.key}) are "
+                           "timed in PyTorch eager only for now (--runtime torch)")
 
         models = ort.op_models(rows, batch, _dtype_name(dtype))
         calls = {}

@@ -60,6 +60,7 @@ META_KEY = b"nas.lut"
 COLUMNS = ["key", "op", "in_chs", "out_chs", "stride", "in_h", "in_w", "median_ms", "p10_ms",
            "p90_ms", "spread", "samples", "attempts", "measured_at"]
 _LATENCY_COLUMNS = ("median_ms", "p10_ms", "p90_ms")
+LOW_COLUMNS = ["low_chs", "low_h", "low_w"]   # segmentation heads' rows only
 _REQUIRED_META = ("device", "dtype", "batch", "threads", "clock", "fingerprint", "space")
 
 
@@ -124,6 +125,8 @@ def space_to_dict(space: SearchSpace) -> dict:
         "backbone_ops": list(space.backbone_ops),
         "head_ops": list(space.head_ops),
         "head_widths": list(space.head_widths),
+        # only where set, so that the metadata of pose tables reads as before
+        **({"task": sk.task, "seg_heads": list(space.seg_heads)} if sk.task != "pose" else {}),
     }
 
 
@@ -132,9 +135,9 @@ def space_from_dict(d: dict) -> SearchSpace:
     skeleton = Skeleton(input_size=tuple(d["input_size"]), num_joints=int(d["num_joints"]),
                         stem_width=int(d["stem_width"]),
                         stages=tuple(Stage(**s) for s in d["stages"]),
-                        head_stages=int(d["head_stages"]))
+                        head_stages=int(d["head_stages"]), task=d.get("task", "pose"))
     return SearchSpace(d["name"], skeleton, tuple(d["backbone_ops"]), tuple(d["head_ops"]),
-                       tuple(d["head_widths"]))
+                       tuple(d["head_widths"]), tuple(d.get("seg_heads", ())))
 
 
 def _now() -> str:
@@ -146,7 +149,10 @@ def _row_record(row: RowShape, t: Timing, measured_at: str) -> dict:
             "stride": row.stride, "in_h": row.in_hw[0], "in_w": row.in_hw[1],
             "median_ms": t.median_ms, "p10_ms": t.p10_ms, "p90_ms": t.p90_ms,
             "spread": t.spread, "samples": t.samples, "attempts": t.attempts,
-            "measured_at": measured_at}
+            "measured_at": measured_at,
+            # a segmentation head's low-level feature (columns only in tables that have one)
+            **({"low_chs": row.low_chs, "low_h": row.low_hw[0], "low_w": row.low_hw[1]}
+               if row.low_chs else {})}
 
 
 def _empty_rows() -> pd.DataFrame:
@@ -232,8 +238,9 @@ class LatencyTable:
     def with_rows(self, timings: Mapping[RowShape, Timing]) -> LatencyTable:
         """A new table with these rows added (replacing rows with the same key)."""
         stamp = _now()
+        low = LOW_COLUMNS if any(r.low_chs for r in timings) else []
         new = pd.DataFrame([_row_record(r, t, stamp) for r, t in timings.items()],
-                           columns=COLUMNS)
+                           columns=COLUMNS + low)
         kept = self.rows[~self.rows["key"].isin(new["key"])]
         rows = pd.concat([kept, new], ignore_index=True) if len(kept) else new
         return LatencyTable(rows, dict(self.meta), self.path)
@@ -276,8 +283,13 @@ class LatencyTable:
         path = Path(path) if path is not None else self.path
         if path is None:
             raise ValueError("no path to save the table to")
-        arrow = pa.Table.from_pandas(self.rows[COLUMNS],
-                                     preserve_index=False)
+        rows = self.rows[COLUMNS + [c for c in LOW_COLUMNS if c in self.rows.columns]]
+        if "low_chs" in rows.columns:   # rows without a low-level feature: 0, not NaN
+            rows = rows.astype({c: "int64" for c in LOW_COLUMNS}, copy=False) \
+                if not rows[LOW_COLUMNS].isna().any().any() \
+                else rows.fillna({c: 0 for c in LOW_COLUMNS}).astype({c: "int64"
+                                                                      for c in LOW_COLUMNS})
+        arrow = pa.Table.from_pandas(rows, preserve_index=False)
         metadata = dict(arrow.schema.metadata or {})
         metadata[META_KEY] = json.dumps(self.meta, default=str).encode()
         buf = io.BytesIO()
@@ -381,9 +393,14 @@ def _check_rows(rows: pd.DataFrame, path: Path) -> None:
                 pass
             raise NasError(f"{path}: row {key!r}: {col} = {value!r}; expected a positive, "
                            "finite number of milliseconds")
-    for rec in rows[["key", "op", "in_chs", "out_chs", "stride", "in_h", "in_w"]].itertuples():
+    low = rows[LOW_COLUMNS].fillna(0).astype(int) if "low_chs" in rows.columns \
+        else pd.DataFrame(0, rows.index, LOW_COLUMNS)
+    shaped = pd.concat([rows[["key", "op", "in_chs", "out_chs", "stride", "in_h", "in_w"]], low],
+                       axis=1)
+    for rec in shaped.itertuples():
         expected = row_key(rec.op, int(rec.in_chs), int(rec.out_chs), int(rec.stride),
-                           (int(rec.in_h), int(rec.in_w)))
+                           (int(rec.in_h), int(rec.in_w)), int(rec.low_chs),
+                           (int(rec.low_h), int(rec.low_w)))
         if rec.key != expected:
             raise NasError(f"{path}: row {rec.key!r} does not match its columns "
                            f"(they say {expected!r})")

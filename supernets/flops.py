@@ -34,14 +34,17 @@ class Complexity:
                 "convention": "macs = multiply-accumulates (papers' 'FLOPs'); flops = 2 x macs"}
 
 
-def count_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
-    """(parameters, MACs) of one forward pass of ``module`` on zeros of ``input_shape``."""
+def count_module(module: nn.Module, input_shape: tuple[int, ...],
+                 low_shape: tuple[int, ...] | None = None) -> tuple[int, int]:
+    """(parameters, MACs) of one forward pass of ``module`` on zeros of ``input_shape`` (and a
+    segmentation head's low-level feature of ``low_shape``)."""
     params = sum(p.numel() for p in module.parameters())
     was_training = module.training
     module.eval()
     counter = FlopCounterMode(display=False)
+    inputs = (torch.zeros(input_shape),) + ((torch.zeros(low_shape),) if low_shape else ())
     with torch.no_grad(), counter:
-        module(torch.zeros(input_shape))
+        module(*inputs)
     module.train(was_training)
     return params, counter.get_total_flops() // 2
 
@@ -53,6 +56,9 @@ def complexity(spec: ArchSpec, batch: int = 1) -> Complexity:
 
 
 @functools.lru_cache(maxsize=4096)
-def op_macs(op: str, in_chs: int, out_chs: int, stride: int, in_hw: tuple[int, int]) -> int:
-    """MACs of one op at batch 1 (cached: the op is built once per distinct shape)."""
-    return count_module(build_op(op, in_chs, out_chs, stride), (1, in_chs, *in_hw))[1]
+def op_macs(op: str, in_chs: int, out_chs: int, stride: int, in_hw: tuple[int, int],
+            low_chs: int = 0, low_hw: tuple[int, int] | None = None) -> int:
+    """MACs of one op at batch 1 (cached: the op is built once per distinct shape);
+    ``low_chs``, ``low_hw``: a segmentation head's low-level feature."""
+    module = build_op(op, in_chs, out_chs, stride, low_chs=low_chs or None)
+    return count_module(module, (1, in_chs, *in_hw), (1, low_chs, *low_hw) if low_chs else None)[1]

@@ -12,10 +12,17 @@ Shipped spaces (``SPACES``)::
     efficientpose-bc  24    32x6 s2, 64x8 s2, 96x10 s2, 160x10 s1       256x256  16      2
     cpu-small         16    24x2 s2, 32x3 s2, 64x3 s2, 96x2 s1          128x128  14      2
     cpu-base          8     16x4 s2, 64x16 s2                           64x64    14      1
+    seg-small         16    24x2 s2, 32x3 s2, 64x3 s2, 96x2 s1          176x240  11 cls  seg
 
 A head stage chooses an upsampling op (plain, depthwise-separable or inverted residual, each with
 or without SIC) and a width: 32/64/96 in the first three spaces (two head stages, output stride
 16 -> 4), 16/32/64/128/192 in ``cpu-base`` (one head stage, output stride 8 -> 4).
+
+``seg-small`` (semantic segmentation, CamVid's 11 classes by default; presets in
+``SEG_PRESETS``) has one head choice among 42 segmentation heads (``supernets.ops``): one or two
+transposed-conv stages of each of the six head ops (output stride 16 -> 8 or 4), LR-ASPP and
+ASPP-lite with the DeepLabV3+ decoder, each at width 32/64/96; the two last take the output of
+``stage2`` (output stride 8) as their low-level feature.
 
 ``cpu-base`` is the default of ``nas search``: a CPU-scale space whose range is wide at both
 ends, so that one budget (the README's 3 ms) lies inside it on slow and fast CPUs alike. Its
@@ -35,15 +42,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from supernets.errors import NasError
-from supernets.ops import BACKBONE_OPS, HEAD_OPS
+from supernets.ops import BACKBONE_OPS, HEAD_OPS, seg_head_name
 from supernets.spec import ArchSpec, Skeleton, Stage, head_choice
 
-__all__ = ["PRESETS", "SPACES", "Candidate", "SearchSpace", "SpaceLayer", "get_space"]
+__all__ = ["PRESETS", "SEG_PRESETS", "SPACES", "Candidate", "SearchSpace", "SpaceLayer",
+           "get_space", "seg_heads"]
 
 PRESETS: dict[str, tuple[tuple[int, int], int]] = {
     "mpii": ((256, 256), 16),
     "coco": ((256, 192), 17),
     "lsp": ((128, 128), 14),
+}
+# segmentation: (input H x W, classes); CamVid's 180x240 images are cropped to 176x240 (a
+# multiple of the output stride 16) in training
+SEG_PRESETS: dict[str, tuple[tuple[int, int], int]] = {
+    "camvid": ((176, 240), 11),
+    "cityscapes": ((512, 1024), 19),
+    "voc": ((512, 512), 21),
 }
 
 
@@ -62,6 +77,9 @@ class SpaceLayer:
     candidates: tuple[Candidate, ...]
     stride: int
     in_hw: tuple[int, int]
+    low_from: str | None = None          # a segmentation head's low-level feature (spec.Slot)
+    low_chs: int = 0
+    low_hw: tuple[int, int] | None = None
 
     @property
     def searchable(self) -> bool:
@@ -86,6 +104,7 @@ class SearchSpace:
     backbone_ops: tuple[str, ...] = tuple(BACKBONE_OPS)
     head_ops: tuple[str, ...] = tuple(HEAD_OPS)
     head_widths: tuple[int, ...] = (32, 64, 96)
+    seg_heads: tuple[str, ...] = ()      # task seg: the head candidates (supernets.ops names)
 
     def layers(self) -> list[SpaceLayer]:
         out: list[SpaceLayer] = []
@@ -98,10 +117,13 @@ class SearchSpace:
             elif slot.kind == "backbone":
                 cands = tuple(Candidate(op, op, slot.out_chs) for op in self.backbone_ops
                               if not (op == "skip" and slot.first_of_stage))
+            elif slot.kind == "seghead":
+                cands = tuple(Candidate(op, op, slot.out_chs) for op in self.seg_heads)
             else:
                 cands = tuple(Candidate(head_choice(op, w), op, w)
                               for op in self.head_ops for w in self.head_widths)
-            out.append(SpaceLayer(slot.label, slot.kind, widths, cands, slot.stride, slot.in_hw))
+            out.append(SpaceLayer(slot.label, slot.kind, widths, cands, slot.stride, slot.in_hw,
+                                  slot.low_from, slot.low_chs, slot.low_hw))
             widths = tuple(sorted({c.out_chs for c in cands}))
         return out
 
@@ -112,7 +134,7 @@ class SearchSpace:
         """The spec for ``choices``; every choice must be one this space offers. Layers with a
         single candidate need no choice."""
         fixed = {layer.label: layer.candidates[0].name for layer in self.layers()
-                 if layer.kind in ("backbone", "head") and not layer.searchable}
+                 if layer.kind in ("backbone", "head", "seghead") and not layer.searchable}
         spec = ArchSpec(name=name or f"{self.name}-arch", skeleton=self.skeleton,
                         choices={**fixed, **choices}, space=self.name)
         self.check(spec)
@@ -146,7 +168,8 @@ class SearchSpace:
             w_in = max(layer.in_widths)
             choices[layer.label] = pick(
                 layer.candidates,
-                key=lambda c: (op_macs(c.op, w_in, c.out_chs, layer.stride, layer.in_hw),
+                key=lambda c: (op_macs(c.op, w_in, c.out_chs, layer.stride, layer.in_hw,
+                                       layer.low_chs, layer.low_hw),
                                c.out_chs)).name
         return self.spec(choices, f"{self.name}-{what}")
 
@@ -165,6 +188,22 @@ def _space(name: str, stem: int, stages: list[tuple[int, int, int]], preset: str
     return SearchSpace(name, skeleton, head_widths=head_widths)
 
 
+def seg_heads(widths: tuple[int, ...] = (32, 64, 96)) -> tuple[str, ...]:
+    """Every segmentation head at every width: 1 or 2 transposed-conv stages of each pose head
+    op, LR-ASPP, ASPP-lite with the DeepLabV3+ decoder."""
+    return (tuple(seg_head_name(kind, w, up) for kind in ("tc1", "tc2") for up in HEAD_OPS
+                  for w in widths)
+            + tuple(seg_head_name(kind, w) for kind in ("lraspp", "aspp") for w in widths))
+
+
+def _seg_space(name: str, stem: int, stages: list[tuple[int, int, int]], preset: str, *,
+               head_widths: tuple[int, ...] = (32, 64, 96)) -> SearchSpace:
+    input_size, classes = SEG_PRESETS[preset]
+    skeleton = Skeleton(input_size=input_size, num_joints=classes, stem_width=stem,
+                        stages=tuple(Stage(w, n, s) for w, n, s in stages), task="seg")
+    return SearchSpace(name, skeleton, head_widths=head_widths, seg_heads=seg_heads(head_widths))
+
+
 SPACES: dict[str, SearchSpace] = {
     s.name: s for s in [
         _space("efficientpose-a", 16, [(24, 4, 2), (32, 6, 2), (64, 8, 2), (96, 8, 1)], "mpii"),
@@ -172,6 +211,7 @@ SPACES: dict[str, SearchSpace] = {
         _space("cpu-small", 16, [(24, 2, 2), (32, 3, 2), (64, 3, 2), (96, 2, 1)], "lsp"),
         _space("cpu-base", 8, [(16, 4, 2), (64, 16, 2)], "lsp", input_size=(64, 64),
                head_stages=1, head_widths=(16, 32, 64, 128, 192)),
+        _seg_space("seg-small", 16, [(24, 2, 2), (32, 3, 2), (64, 3, 2), (96, 2, 1)], "camvid"),
     ]
 }
 
@@ -179,13 +219,16 @@ SPACES: dict[str, SearchSpace] = {
 def get_space(name: str, *, preset: str | None = None,
               input_size: tuple[int, int] | None = None,
               num_joints: int | None = None) -> SearchSpace:
-    """A shipped space, optionally at a dataset preset's input, or an explicit input/joints."""
+    """A shipped space, optionally at a dataset preset's input, or an explicit input/joints
+    (classes for a segmentation space)."""
     try:
         space = SPACES[name]
     except KeyError:
         raise NasError(f"unknown space {name!r}; expected one of {', '.join(SPACES)}") from None
     if preset is not None:
-        if preset not in PRESETS:
-            raise NasError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
-        space = space.with_input(*PRESETS[preset])
+        presets = SEG_PRESETS if space.skeleton.task == "seg" else PRESETS
+        if preset not in presets:
+            raise NasError(f"unknown preset {preset!r} for space {name} "
+                           f"({space.skeleton.task}); expected one of {', '.join(presets)}")
+        space = space.with_input(*presets[preset])
     return space.with_input(input_size, num_joints)

@@ -32,6 +32,15 @@ JSON format, schema ``nas.arch/1`` (write one by hand, or let ``nas search`` wri
 Labels are ``stage{i}.block{j}`` (stages from 1, blocks from 0) and ``head.up{k}`` (from 1); the
 fixed layers are ``stem`` and ``heatmap``. Loading validates everything and names the label at
 fault.
+
+A segmentation network (``"task": "seg"``) has ``"num_classes"`` instead of ``num_joints`` and no
+``head_stages``: one choice ``"head"`` takes the backbone's last feature and the low-level one
+(the output of the last block at twice its resolution) and gives class scores at the input's
+resolution, e.g. ``"head": "seg_lraspp_w64"`` (the heads are in ``supernets.ops``)::
+
+    {"schema": "nas.arch/1", "name": "seg-net", "task": "seg", "input_size": [176, 240],
+     "num_classes": 11, "stem_width": 16, "stages": [...],
+     "choices": {"stage1.block0": "mb_k3_e6", ..., "head": "seg_lraspp_w64"}}
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from types import MappingProxyType
 
 from supernets.errors import NasError
 from supernets.fileio import write_atomic
-from supernets.ops import BACKBONE_OPS, HEAD_OPS
+from supernets.ops import BACKBONE_OPS, HEAD_OPS, parse_seg_head
 
 __all__ = [
     "SCHEMA",
@@ -61,6 +70,7 @@ __all__ = [
 ]
 
 SCHEMA = "nas.arch/1"
+TASKS = ("pose", "seg")
 _HEAD_CHOICE = re.compile(r"^(?P<op>up_[a-z0-9_]+?)_c(?P<width>[1-9][0-9]*)$")
 
 
@@ -90,11 +100,14 @@ class Slot:
     """A position in the skeleton: what is fixed about a layer before its op is chosen."""
 
     label: str
-    kind: str  # 'stem' | 'backbone' | 'head' | 'heatmap'
+    kind: str  # 'stem' | 'backbone' | 'head' | 'heatmap' | 'seghead'
     stride: int
     in_hw: tuple[int, int]
     out_chs: int | None  # None where the choice sets the width (head)
     first_of_stage: bool = False
+    low_from: str | None = None      # seghead: the layer whose output is the low-level feature
+    low_chs: int = 0                 # ... its channels and size
+    low_hw: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -107,23 +120,39 @@ class Layer:
     out_chs: int
     stride: int
     in_hw: tuple[int, int]
+    low_from: str | None = None      # a segmentation head's low-level feature: from this layer,
+    low_chs: int = 0                 # with these channels and size
+    low_hw: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
 class Skeleton:
-    """The fixed parts of a network: shared by a search space and every spec drawn from it."""
+    """The fixed parts of a network: shared by a search space and every spec drawn from it.
+    ``num_joints`` is the number of output maps: joints for pose, classes for ``task`` seg."""
 
     input_size: tuple[int, int]
     num_joints: int
     stem_width: int
     stages: tuple[Stage, ...]
     head_stages: int = 2
+    task: str = "pose"
 
     def __post_init__(self):
         h, w = self.input_size
         stride = 2 * _prod(s.stride for s in self.stages)
         if h % stride or w % stride:
             raise NasError(f"input_size {h}x{w} must be divisible by the output stride {stride}")
+        if self.task not in TASKS:
+            raise NasError(f"task {self.task!r}: expected one of {', '.join(TASKS)}")
+
+    @property
+    def num_classes(self) -> int:
+        return self.num_joints
+
+    @property
+    def outputs(self) -> str:
+        """What the network predicts, in words: ``"14 joints"``, ``"11 classes"``."""
+        return f"{self.num_joints} {'classes' if self.task == 'seg' else 'joints'}"
 
     @property
     def output_stride(self) -> int:
@@ -131,6 +160,9 @@ class Skeleton:
 
     @property
     def heatmap_size(self) -> tuple[int, int]:
+        """The output's size: heatmaps for pose, the input's size for seg."""
+        if self.task == "seg":
+            return tuple(self.input_size)
         f = self.output_stride // 2 ** self.head_stages
         return self.input_size[0] // f, self.input_size[1] // f
 
@@ -144,6 +176,14 @@ class Skeleton:
                 slots.append(Slot(f"stage{i}.block{j}", "backbone", stride, (h, w), stage.width,
                                   first_of_stage=j == 0))
                 h, w = h // stride, w // stride
+        if self.task == "seg":
+            # the low-level feature: the last layer whose output has twice the final size
+            low = next(s for s in reversed(slots)
+                       if (s.in_hw[0] // s.stride, s.in_hw[1] // s.stride) == (2 * h, 2 * w))
+            slots.append(Slot("head", "seghead", self.output_stride, (h, w), self.num_joints,
+                              low_from=low.label, low_chs=low.out_chs,
+                              low_hw=(2 * h, 2 * w)))
+            return slots
         for k in range(1, self.head_stages + 1):
             slots.append(Slot(f"head.up{k}", "head", 2, (h, w), None))
             h, w = h * 2, w * 2
@@ -151,7 +191,7 @@ class Skeleton:
         return slots
 
     def choice_labels(self) -> list[str]:
-        return [s.label for s in self.slots() if s.kind in ("backbone", "head")]
+        return [s.label for s in self.slots() if s.kind in ("backbone", "head", "seghead")]
 
     def with_input(self, input_size: tuple[int, int] | None = None,
                    num_joints: int | None = None) -> Skeleton:
@@ -197,9 +237,12 @@ class ArchSpec:
                 op, width = "heatmap", slot.out_chs
             elif slot.kind == "backbone":
                 op, width = self.choices[slot.label], slot.out_chs
+            elif slot.kind == "seghead":
+                op, width = self.choices[slot.label], slot.out_chs
             else:
                 op, width = parse_head_choice(self.choices[slot.label])
-            out.append(Layer(slot.label, op, chs, width, slot.stride, slot.in_hw))
+            out.append(Layer(slot.label, op, chs, width, slot.stride, slot.in_hw,
+                             slot.low_from, slot.low_chs, slot.low_hw))
             chs = width
         return out
 
@@ -229,6 +272,14 @@ class ArchSpec:
                     parse_head_choice(self.choices[slot.label])
                 except ValueError as e:
                     raise NasError(f"choices[{slot.label!r}]: {e}") from None
+            elif slot.kind == "seghead":
+                try:
+                    kind, _, _ = parse_seg_head(self.choices[slot.label])
+                except ValueError as e:
+                    raise NasError(f"choices[{slot.label!r}]: {e}") from None
+                if kind == "tc2" and self.skeleton.output_stride < 4:
+                    raise NasError(f"choices[{slot.label!r}]: two upsampling stages overshoot "
+                                   f"output stride {self.skeleton.output_stride}")
 
     # -- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -244,6 +295,12 @@ class ArchSpec:
             "head_stages": sk.head_stages,
             "choices": {lb: self.choices[lb] for lb in sk.choice_labels()},
         }
+        if sk.task == "seg":
+            d = {"schema": SCHEMA, "name": self.name, "task": "seg", "space": self.space,
+                 "input_size": list(sk.input_size), "num_classes": sk.num_classes,
+                 "stem_width": sk.stem_width,
+                 "stages": [dataclasses.asdict(s) for s in sk.stages],
+                 "choices": {lb: self.choices[lb] for lb in sk.choice_labels()}}
         if self.space is None:
             del d["space"]
         return d
@@ -289,6 +346,8 @@ class ArchSpec:
 
 _KEYS = {"schema", "name", "space", "input_size", "num_joints", "stem_width", "stages",
          "head_stages", "choices"}
+_SEG_KEYS = {"schema", "name", "task", "space", "input_size", "num_classes", "stem_width",
+             "stages", "choices"}
 
 
 def _field(d: dict, key: str, kind, check=None, expected: str = ""):
@@ -310,9 +369,14 @@ def _from_dict(d: object) -> ArchSpec:
     schema = d.get("schema")
     if schema != SCHEMA:
         raise NasError(f"field 'schema' = {schema!r}: expected {SCHEMA!r}")
-    unknown = sorted(set(d) - _KEYS)
+    task = d.get("task", "pose")
+    if task not in TASKS:
+        raise NasError(f"field 'task' = {task!r}: expected one of {', '.join(TASKS)}")
+    keys = _SEG_KEYS if task == "seg" else _KEYS | {"task"}
+    unknown = sorted(set(d) - keys)
     if unknown:
-        raise NasError(f"unknown field {unknown[0]!r}; expected fields: {', '.join(sorted(_KEYS))}")
+        raise NasError(f"unknown field {unknown[0]!r} for task {task}; expected fields: "
+                       f"{', '.join(sorted(keys))}")
     input_size = _field(d, "input_size", list,
                         lambda v: len(v) == 2 and all(_positive_int(x) for x in v),
                         "[H, W] with positive integers")
@@ -327,12 +391,15 @@ def _from_dict(d: object) -> ArchSpec:
             raise NasError(f"stages[{i - 1}] (stage{i}) = {s!r}: width and layers must be "
                            "positive integers and stride 1 or 2")
         stages.append(Stage(s["width"], s["layers"], s["stride"]))
+    outputs = "num_classes" if task == "seg" else "num_joints"
     skeleton = Skeleton(
         input_size=tuple(input_size),
-        num_joints=_field(d, "num_joints", int, lambda v: v > 0, "a positive integer"),
+        num_joints=_field(d, outputs, int, lambda v: v > 0, "a positive integer"),
         stem_width=_field(d, "stem_width", int, lambda v: v > 0, "a positive integer"),
         stages=tuple(stages),
-        head_stages=_field(d, "head_stages", int, lambda v: v > 0, "a positive integer"),
+        head_stages=(_field(d, "head_stages", int, lambda v: v > 0, "a positive integer")
+                     if task == "pose" else 2),
+        task=task,
     )
     choices = _field(d, "choices", dict, None, "an object mapping each label to an op name")
     for label, op in choices.items():

@@ -59,7 +59,7 @@ class MixedLayer(nn.Module):
         super().__init__()
         self.layer = layer
         self.candidates = nn.ModuleDict({
-            _key(w, i): build_op(c.op, w, c.out_chs, layer.stride)
+            _key(w, i): build_op(c.op, w, c.out_chs, layer.stride, low_chs=layer.low_chs or None)
             for w in layer.in_widths for i, c in enumerate(layer.candidates)
             if not (c.op == "skip" and w != c.out_chs)
         })
@@ -67,14 +67,17 @@ class MixedLayer(nn.Module):
     def candidate(self, in_width: int, index: int) -> nn.Module:
         return self.candidates[_key(in_width, index)]
 
-    def forward(self, xs: Mapping[int, Activation], mix: Mix) -> dict[int, Activation]:
+    def forward(self, xs: Mapping[int, Activation], mix: Mix,
+                low: Tensor | None = None) -> dict[int, Activation]:
+        """``low``: the low-level feature of a segmentation head layer."""
         sums: dict[int, Tensor] = {}
         totals: dict[int, Tensor | float] = {}
         for index, weight in mix:
             width = self.layer.candidates[index].out_chs
             for w_in, (x, m_in) in xs.items():
                 w = _mul(weight, m_in)
-                y = self.candidate(w_in, index)(x)
+                op = self.candidate(w_in, index)
+                y = op(x, low) if self.layer.low_from is not None else op(x)
                 y = y if _is_one(w) else y * w
                 sums[width] = sums[width] + y if width in sums else y
                 totals[width] = totals[width] + w if width in totals else w
@@ -97,11 +100,16 @@ class SuperNet(nn.Module):
     def forward(self, x: Tensor, mixes: Mapping[str, Mix]) -> Tensor:
         """``mixes[label]`` for every searchable label; fixed layers need none."""
         xs: dict[int, Activation] = {x.shape[1]: (x, 1.0)}
+        kept = {layer.low_from for layer in self.space_layers if layer.low_from is not None}
+        features: dict[str, Tensor] = {}
         for layer, mixed in zip(self.space_layers, self.mixed, strict=True):
             mix = mixes[layer.label] if layer.searchable else ((0, 1.0),)
-            xs = mixed(xs, mix)
-        ((heatmaps, _),) = xs.values()
-        return heatmaps
+            xs = mixed(xs, mix, features.get(layer.low_from) if layer.low_from else None)
+            if layer.label in kept:
+                # a low-level feature comes from a layer of fixed width (a backbone block)
+                ((features[layer.label], _),) = xs.values()
+        ((out, _),) = xs.values()
+        return out
 
     def fixed_mixes(self, spec: ArchSpec) -> dict[str, Mix]:
         self.space.check(spec)

@@ -16,7 +16,10 @@ SMALL = (32, 32)  # the smallest input a shipped space accepts (output stride 16
 
 
 def _heatmap_shape(batch, spec):
+    """Pose: heatmaps at a quarter of the input; seg: class scores at the input's size."""
     h, w = spec.skeleton.input_size
+    if spec.skeleton.task == "seg":
+        return (batch, spec.skeleton.num_classes, h, w)
     return (batch, spec.skeleton.num_joints, h // 4, w // 4)
 
 
@@ -69,7 +72,7 @@ def test_small_input_override_trains(space_name):
     spec = space.sample(np.random.default_rng(3))
     model = PoseNet(spec).train()
     y = model(_image(2, (64, 32)))
-    assert y.shape == (2, 5, 16, 8)
+    assert y.shape == _heatmap_shape(2, spec) and y.shape[1] == 5
     y.square().mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
@@ -85,8 +88,7 @@ def test_supernet_with_every_candidate_mixed_gives_heatmaps(space_name):
                                for i in range(len(layer.candidates))]
                  for layer in net.choice_layers}
         y = net(torch.empty(2, 3, *space.skeleton.input_size), mixes)
-    h, w = space.skeleton.input_size
-    assert y.shape == (2, space.skeleton.num_joints, h // 4, w // 4)
+    assert y.shape == _heatmap_shape(2, space.sample(np.random.default_rng(0)))
 
 
 def test_efficientpose_bc_has_34_backbone_choice_layers():

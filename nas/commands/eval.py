@@ -57,7 +57,7 @@ def run(args) -> Result:
                                  progress=not args.no_progress)
     h, w = sk.input_size
     data = args.data or "synthetic"
-    header = (f"{spec.name} ({h}x{w}, {sk.num_joints} joints) from {args.checkpoint}, "
+    header = (f"{spec.name} ({h}x{w}, {sk.outputs}) from {args.checkpoint}, "
               f"on {data} split {split}")
     return Result(header + "\n" + task.format_result(result),
                   {"checkpoint": str(args.checkpoint), "arch": spec.name, "data": data,

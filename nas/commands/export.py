@@ -50,7 +50,7 @@ def run(args):
     runner = {"onnx": "onnxruntime", "torchscript": "torch.jit.load",
               "pytorch": "load_model_checkpoint"}[args.format]
     lines = [
-        f"exported {spec.name} ({h}x{w}, {spec.skeleton.num_joints} joints) as {args.format} "
+        f"exported {spec.name} ({h}x{w}, {spec.skeleton.outputs}) as {args.format} "
         f"to {report['path']} ({report['bytes'] / 1e6:.2f} MB"
         + (f", opset {report['opset']})" if "opset" in report else ")"),
         f"  weights  {args.weights or f'freshly initialised (seed {INIT_SEED})'}",

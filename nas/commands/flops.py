@@ -22,7 +22,7 @@ def run(args):
     spec = load_arch(args.spec, input_size=args.input, num_joints=args.joints)
     c = complexity(spec)
     h, w = c.input_size
-    text = (f"{spec.name} at {h}x{w}, {spec.skeleton.num_joints} joints\n"
+    text = (f"{spec.name} at {h}x{w}, {spec.skeleton.outputs}\n"
             f"  params  {c.params / 1e6:10.3f} M  ({c.params:,})\n"
             f"  MACs    {c.macs / 1e9:10.3f} G  ({c.macs:,})  multiply-accumulates, "
             "what papers call 'FLOPs'\n"

@@ -149,7 +149,7 @@ def run_build(args) -> Result:
     h, w = space.skeleton.input_size
     text = (f"{'wrote' if result.measured_rows or result.calibrated else 'complete'} "
             f"{result.path}\n"
-            f"  {space.name} {h}x{w}, {space.skeleton.num_joints} joints: {result.rows} rows, "
+            f"  {space.name} {h}x{w}, {space.skeleton.outputs}: {result.rows} rows, "
             f"{result.measured_rows} measured now ({result.seconds:.0f} s; "
             f"{table.meta.get('build_seconds', 0):.0f} s in all)\n"
             f"  device {table.device} [{describe(table.fingerprint)}]\n"

@@ -86,9 +86,9 @@ def _table(space: SearchSpace, cfg: SearchConfig, lut: str | None, allow_foreign
             t, (h, w) = table.space, space.skeleton.input_size
             th, tw = t.skeleton.input_size
             raise NasError(f"--lut {lut}: the table covers space {t.name} at {th}x{tw} with "
-                           f"{t.skeleton.num_joints} joints and lacks {len(missing)} rows of the "
+                           f"{t.skeleton.outputs} and lacks {len(missing)} rows of the "
                            f"search's space {space.name} at {h}x{w} with "
-                           f"{space.skeleton.num_joints} joints; pass the matching --space/"
+                           f"{space.skeleton.outputs}; pass the matching --space/"
                            f"--input/--joints or build its table: "
                            f"{table.build_command(space)}")
         _check_device(table, cfg)

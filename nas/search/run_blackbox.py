@@ -98,9 +98,9 @@ def _given_supernet(cfg: SearchConfig, space):
         s = scfg.space_obj()
         h, w = s.skeleton.input_size
         raise NasError(f"--supernet {path}: trained for space {s.name} at {h}x{w} with "
-                       f"{s.skeleton.num_joints} joints, not the search's {space.name} at "
+                       f"{s.skeleton.outputs}, not the search's {space.name} at "
                        f"{'x'.join(map(str, space.skeleton.input_size))} with "
-                       f"{space.skeleton.num_joints} joints")
+                       f"{space.skeleton.outputs}")
     seconds = state.get("train_seconds") or sum(h["seconds"] for h in state.get("history", []))
     return supernet, scfg, path, _file_sha(path), seconds
 
