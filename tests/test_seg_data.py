@@ -25,7 +25,7 @@ from nas.tasks.seg import data as seg_data
 from supernets.errors import NasError
 
 H, W = 8, 12
-REAL_CAMVID = Path("/work/shared/data/camvid")
+REAL_CAMVID = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "camvid"
 
 
 def write_png(path: Path, array: np.ndarray, palette: bool = False) -> Path:

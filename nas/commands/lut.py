@@ -21,10 +21,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lut import probe as lut_probe
 from lut.build import build, default_table_path
 from lut.device import DTYPES, parse_device
 from lut.fingerprint import describe
-from lut import probe as lut_probe
 from lut.probe import PROBE_TOLERANCE, ProbeResult
 from lut.runtimes import RUNTIMES, Runtime
 from lut.table import LatencyTable

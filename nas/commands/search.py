@@ -15,7 +15,7 @@ from nas.search.blackbox import OBJECTIVES, STRATEGIES
 from nas.search.budget import format_ms, parse_budgets
 from nas.search.oneshot import RULES
 from nas.search.relax import MODES
-from nas.search.searcher import SearchConfig
+from nas.search.searcher import DEFAULT_SPACES, SearchConfig
 
 DEFAULT_OUT = "runs/search"
 
@@ -23,7 +23,7 @@ DEFAULT_OUT = "runs/search"
 def register(sub) -> None:
     p = sub.add_parser("search", help="differentiable search under a latency budget",
                        description=__doc__)
-    p.add_argument("--task", help="task (default pose, the only one)")
+    p.add_argument("--task", help="pose (default) or seg")
     p.add_argument("--budget", help="latency budget with a unit: 3ms, 800us, 0.004s "
                    "(required unless --resume); with --pareto a list: 2ms,3ms,5ms")
     p.add_argument("--strategy", choices=STRATEGIES,
@@ -31,7 +31,7 @@ def register(sub) -> None:
                         "weights; optuna: a trained supernet scores networks an Optuna sampler "
                         "proposes (TPE; NSGA-II with --pareto); random: the same with uniform "
                         "draws (the baseline)")
-    p.add_argument("--space", help="search space (default cpu-base)")
+    p.add_argument("--space", help="search space (default cpu-base; seg-small with --task seg)")
     p.add_argument("--input", type=input_size, metavar="HxW", help="override the space's input")
     p.add_argument("--joints", type=positive_int, metavar="N",
                    help="override the space's joint count (e.g. 14 for LSP)")
@@ -157,6 +157,8 @@ def run(args) -> Result:
         budgets = parse_budgets(args.budget)
         kwargs = {k: getattr(args, k) for k in _CFG_ARGS
                   if getattr(args, k) is not None and getattr(args, k) is not False}
+        if args.space is None and args.task is not None:
+            kwargs["space"] = DEFAULT_SPACES.get(args.task, args.task)
         cfg = SearchConfig(budget_ms=max(budgets), budgets_ms=budgets if len(budgets) > 1
                            else None, input_size=args.input, num_joints=args.joints, **kwargs)
         report = search(cfg, args.out or DEFAULT_OUT, lut=args.lut,

@@ -1,8 +1,10 @@
-"""``nas train ARCH --task pose [--data PATH] [--recipe NAME] [--epochs N] [--input HxW]
+"""``nas train ARCH [--task pose|seg] [--data PATH] [--recipe NAME] [--epochs N] [--input HxW]
 [--out DIR] [--force] [--resume DIR] [--json]``: train an architecture from scratch.
 
-``--data`` names a dataset by its layout (Leeds Sports Pose, MPII, COCO: see ``nas.tasks.pose.data``);
-omitted, the embedded synthetic figures. The recipe is EfficientPose's: Adam lr 1e-3, weight
+``--data`` names a dataset by its layout: for pose Leeds Sports Pose, MPII, COCO (see
+``nas.tasks.pose.data``), for seg CamVid, Cityscapes, Pascal VOC (``nas.tasks.seg.data``);
+omitted, the embedded synthetic figures or shapes. The task is the arch's (a seg arch says
+``"task": "seg"``). The recipe is EfficientPose's: Adam lr 1e-3, weight
 decay 1e-4, lr x0.1 at 75% and 85% of the epochs, validated every epoch. ``--recipe`` names a
 preset of these settings (``efficientpose``: 200 epochs; ``proof``: 30 epochs, the pose proof's;
 ``posebench``: 12 epochs validated once at the end, the pose ground truth's); flags given beside
@@ -27,7 +29,7 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("arch", nargs="?", help="arch JSON file or a named architecture (e.g. "
                    "mobilenetv2); optional with --resume")
-    p.add_argument("--task", help="task (default pose, the only one)")
+    p.add_argument("--task", help="pose or seg (default: the arch's)")
     p.add_argument("--data", help="dataset: an LSP, MPII or COCO folder or an MPII/COCO JSON "
                    "file (default: embedded synthetic figures)")
     p.add_argument("--val-data", help="validate on this dataset instead of --data's "
@@ -92,6 +94,7 @@ def run(args) -> Result:
         spec = load_arch(args.arch, input_size=args.input, num_joints=args.joints)
         kwargs = recipe(args.recipe) if args.recipe else {}
         kwargs.update({k: getattr(args, k) for k in _CFG_ARGS if getattr(args, k) is not None})
+        kwargs.setdefault("task", spec.skeleton.task)   # the arch's task unless --task says
         cfg = TrainConfig(arch=spec.to_dict(), **kwargs)
         report = train(cfg, args.out or f"runs/train/{spec.name}",
                        progress=not args.no_progress, force=args.force)

@@ -64,6 +64,9 @@ def collate(dataset, indices: list[int], device) -> dict:
     return batch
 
 
+DEFAULT_SPACES = {"pose": "cpu-base", "seg": "seg-small"}   # a search's space per task
+
+
 @dataclass
 class SearchConfig:
     """Every setting of a search; saved in its checkpoint and report."""
@@ -143,6 +146,13 @@ class SearchConfig:
     def __post_init__(self):
         from nas.search.blackbox import BLACKBOX, OBJECTIVES, STRATEGIES
         from nas.search.oneshot import RULES
+        from supernets.space import get_space
+
+        get_task(self.task)
+        space_task = get_space(self.space).skeleton.task
+        if space_task != self.task:
+            raise NasError(f"--space {self.space} is a {space_task} space, not one for --task "
+                           f"{self.task} (e.g. --space {DEFAULT_SPACES[self.task]})")
 
         if self.strategy not in STRATEGIES:
             raise NasError(f"--strategy {self.strategy!r}: expected one of "

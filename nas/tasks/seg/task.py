@@ -1,0 +1,164 @@
+"""Semantic segmentation as a task of the engine: per-pixel cross-entropy, mIoU.
+
+Data (``--data``): omitted, the embedded synthetic shapes (``SyntheticSeg``); a CamVid, Cityscapes
+or Pascal VOC folder, recognised by layout (``nas.tasks.seg.data``). Training samples are random
+``skeleton.input_size`` crops of randomly scaled and flipped images; evaluation resizes each
+image to the network's input (bilinear; labels nearest) and scores the prediction there.
+
+The metric is the confusion-matrix mIoU over the split (``ConfusionMatrix``; the ignore label
+255 is left out), with pixel accuracy and per-class IoU, in percent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from nas.tasks import Task
+from nas.tasks.seg.data import IGNORE_INDEX, SegDataset, open_seg_dataset
+from nas.tasks.seg.data import dataset_kind as _seg_kind
+from nas.tasks.seg.metrics import ConfusionMatrix
+from nas.tasks.seg.synthetic import SYNTHETIC_SPLITS, SyntheticSeg
+from supernets.errors import NasError
+
+__all__ = ["SEG", "SegTask", "evaluate_model", "format_result", "segmentation_loss"]
+
+VALIDATION_SPLIT = {"synthetic": "val", "camvid": "val", "cityscapes": "val", "voc": "val"}
+EVALUATION_SPLIT = {"synthetic": "test", "camvid": "test", "cityscapes": "val", "voc": "val"}
+DEFAULT_SYNTHETIC_SIZE = 1000
+
+
+def segmentation_loss(scores: Tensor, labels: Tensor) -> Tensor:
+    """Mean per-pixel cross-entropy over the labelled pixels (255 ignored)."""
+    if scores.shape[-2:] != labels.shape[-2:] or scores.shape[0] != labels.shape[0]:
+        raise ValueError(f"segmentation_loss: scores {tuple(scores.shape)} and labels "
+                         f"{tuple(labels.shape)} differ in batch or size")
+    return F.cross_entropy(scores, labels, ignore_index=IGNORE_INDEX)
+
+
+def _unwrap(dataset):
+    return dataset.dataset if isinstance(dataset, Subset) else dataset
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, dataset, *, flip: bool = False, batch_size: int = 16,
+                   device: str | torch.device = "cpu", num_workers: int = 0,
+                   progress: bool = False) -> dict:
+    """mIoU (percent) of ``model`` on ``dataset`` (a ``SegDataset``, ``SyntheticSeg`` or a
+    ``Subset`` of one), with pixel accuracy, per-class IoU and the mean loss; ``flip``: scores
+    averaged with those of the mirrored image."""
+    spec = _unwrap(dataset).spec
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    matrix = ConfusionMatrix(spec.num_classes, spec.ignore_index)
+    loss_sum, pixels = 0.0, 0
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    try:
+        for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress,
+                          leave=False):
+            images = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
+            labels = batch["label"].to(device)
+            scores = model(images)
+            if scores.shape[1] != spec.num_classes:
+                raise NasError(f"the model predicts {scores.shape[1]} classes, "
+                               f"{spec.name} has {spec.num_classes}")
+            labelled = int((labels != spec.ignore_index).sum())
+            if labelled:
+                loss_sum += float(segmentation_loss(scores, labels)) * labelled
+                pixels += labelled
+            if flip:
+                scores = (scores.softmax(1)
+                          + model(images.flip(-1)).flip(-1).softmax(1)) / 2
+            matrix.update(scores.argmax(1), labels)
+    finally:
+        model.train(was_training)
+    d = matrix.to_dict(spec.class_names)
+    per_class = {k: (None if v is None else 100 * v) for k, v in d["iou"].items()}
+    return {"metric": "mIoU", "mean": 100 * (d["miou"] or 0.0),
+            "pixel_accuracy": 100 * (d["pixel_accuracy"] or 0.0), "per_class": per_class,
+            "loss": loss_sum / pixels if pixels else float("nan"), "flip": flip,
+            "samples": len(dataset), "dataset": spec.name,
+            "confusion": matrix.matrix.tolist()}
+
+
+def format_result(result: dict) -> str:
+    """Per-class IoU, mIoU and pixel accuracy as a table, for people."""
+    names = list(result["per_class"])
+    width = max(len(n) for n in names + ["pixel accuracy"])
+    lines = [f"mIoU: {result['mean']:.2f}   ({result['samples']} images of "
+             f"{result['dataset']}{', flip test' if result.get('flip') else ''}; loss "
+             f"{result['loss']:.4f})", f"  {'class':<{width}}  {'IoU %':>7}"]
+    lines += [f"  {n:<{width}}  " + ("      -" if v is None else f"{v:7.2f}")
+              for n, v in result["per_class"].items()]
+    lines += [f"  {'mIoU':<{width}}  {result['mean']:7.2f}",
+              f"  {'pixel accuracy':<{width}}  {result['pixel_accuracy']:7.2f}"]
+    return "\n".join(lines)
+
+
+class SegTask(Task):
+    """Semantic segmentation (see the module doc). ``make_dataset`` option: ``synthetic_size``."""
+
+    name = "seg"
+    description = "semantic segmentation (per-pixel classes)"
+    target_keys = ("label",)
+
+    def dataset_kind(self, data: str | Path | None) -> str:
+        return "synthetic" if data is None else _seg_kind(data)
+
+    def make_dataset(self, data, split: str, skeleton, *, seed: int, augment: bool,
+                     limit: int | None = None, synthetic_size: int = DEFAULT_SYNTHETIC_SIZE,
+                     **options):
+        if options:
+            raise NasError(f"segmentation data takes no {', '.join(sorted(options))} option")
+        if limit is not None and limit < 1:
+            raise NasError(f"limit must be at least 1, not {limit}")
+        size = tuple(skeleton.input_size)
+        if data is None:
+            if split not in SYNTHETIC_SPLITS:
+                raise NasError(f"unknown split {split!r} for synthetic data; expected one of "
+                               f"{', '.join(SYNTHETIC_SPLITS)}")
+            n = min(synthetic_size, limit) if limit is not None else synthetic_size
+            return SyntheticSeg(n, size, skeleton.num_classes, stream=SYNTHETIC_SPLITS[split],
+                                seed=seed, augment=augment)
+        records, spec = open_seg_dataset(data, split)
+        if spec.num_classes != skeleton.num_classes:
+            raise NasError(f"{data}: {spec.name} has {spec.num_classes} classes, the model "
+                           f"predicts {skeleton.num_classes} (use an arch with "
+                           f"{spec.num_classes} classes)")
+        if limit is not None:
+            records = records[:limit]
+        return SegDataset(records, spec, crop=size, augment=augment, seed=seed)
+
+    def validation_split(self, data) -> str:
+        return VALIDATION_SPLIT[self.dataset_kind(data)]
+
+    def evaluation_split(self, data) -> str:
+        return EVALUATION_SPLIT[self.dataset_kind(data)]
+
+    def loss(self, output: Tensor, batch: Mapping[str, Any]) -> Tensor:
+        return segmentation_loss(output, batch["label"])
+
+    def distillation_loss(self, output: Tensor, teacher: Tensor,
+                          batch: Mapping[str, Any]) -> Tensor:
+        """Cross-entropy against the teacher's class probabilities on the labelled pixels."""
+        keep = (batch["label"] != IGNORE_INDEX).unsqueeze(1)
+        per_pixel = -(teacher.softmax(1) * output.log_softmax(1)).sum(1, keepdim=True)
+        return (per_pixel * keep).sum() / keep.sum().clamp_min(1)
+
+    def evaluate_model(self, model, dataset, **kwargs) -> dict:
+        return evaluate_model(model, dataset, **kwargs)
+
+    def format_result(self, result: dict) -> str:
+        return format_result(result)
+
+
+SEG = SegTask()
+

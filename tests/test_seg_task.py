@@ -1,0 +1,152 @@
+"""Segmentation as a task: synthetic data, loss, mIoU evaluation, and the CLI end to end."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nas.cli import main
+from nas.tasks import get_task
+from nas.tasks.seg.synthetic import SyntheticSeg, synthetic_spec
+from nas.tasks.seg.task import SEG, evaluate_model, segmentation_loss
+from supernets.errors import NasError
+from supernets.space import SearchSpace
+from supernets.spec import Skeleton, Stage
+
+REAL_CAMVID = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "camvid"
+
+
+def tiny_skeleton(classes=4):
+    return Skeleton(input_size=(32, 48), num_joints=classes, stem_width=8,
+                    stages=(Stage(8, 1, 2), Stage(16, 1, 2), Stage(16, 1, 2)), task="seg")
+
+
+def run_cli(capsys, argv):
+    capsys.readouterr()
+    code = main(argv)
+    return code, capsys.readouterr()
+
+
+def test_synthetic_scenes_are_seeded_labelled_and_flip_with_the_epoch():
+    a, b = SyntheticSeg(4, (32, 48), 5, seed=1), SyntheticSeg(4, (32, 48), 5, seed=1)
+    s = a[2]
+    assert s["image"].shape == (3, 32, 48) and s["label"].shape == (32, 48)
+    assert torch.equal(s["image"], b[2]["image"]) and torch.equal(s["label"], b[2]["label"])
+    assert not torch.equal(s["label"], a[3]["label"])
+    assert set(torch.unique(s["label"]).tolist()) <= set(range(5)) and 0 in s["label"]
+    other = SyntheticSeg(4, (32, 48), 5, seed=1, stream=1)
+    assert not torch.equal(other[2]["image"], s["image"])          # splits are disjoint
+    aug = SyntheticSeg(16, (32, 48), 5, seed=1, augment=True)
+    plain = SyntheticSeg(16, (32, 48), 5, seed=1)
+    flipped = [i for i in range(16) if not torch.equal(aug[i]["label"], plain[i]["label"])]
+    assert 0 < len(flipped) < 16
+    assert all(torch.equal(aug[i]["label"], plain[i]["label"].flip(-1)) for i in flipped)
+    aug.set_epoch(1)
+    assert [i for i in range(16) if not torch.equal(aug[i]["label"], plain[i]["label"])] \
+        != flipped
+    assert synthetic_spec(3).class_names == ("background", "disc-1", "box-2")
+    with pytest.raises(NasError, match="at least 2 classes"):
+        synthetic_spec(1)
+
+
+def test_loss_ignores_the_void_label_and_distillation_matches_the_teacher():
+    scores = torch.randn(2, 3, 4, 4)
+    labels = torch.randint(0, 3, (2, 4, 4))
+    void = labels.clone()
+    void[:, :2] = 255
+    full = torch.nn.functional.cross_entropy(scores[:, :, 2:], labels[:, 2:])
+    torch.testing.assert_close(segmentation_loss(scores, void), full)
+    batch = {"label": labels}
+    same = SEG.distillation_loss(scores, scores, batch)
+    assert float(SEG.distillation_loss(scores, torch.randn_like(scores), batch)) > float(same)
+    with pytest.raises(ValueError, match="differ in batch or size"):
+        segmentation_loss(scores, labels[:, :2])
+
+
+class Constant(nn.Module):
+    """Predicts class ``k`` everywhere."""
+
+    def __init__(self, classes, k):
+        super().__init__()
+        self.classes, self.k, self.p = classes, k, nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        out = torch.zeros(x.shape[0], self.classes, *x.shape[2:])
+        out[:, self.k] = 1.0
+        return out + 0 * self.p
+
+
+def test_miou_of_a_constant_prediction_is_the_background_share_over_the_classes_present():
+    data = SyntheticSeg(6, (32, 48), 4, seed=3)
+    labels = np.stack([data[i]["label"].numpy() for i in range(6)])
+    present = len(np.unique(labels))
+    result = evaluate_model(Constant(4, 0), data, batch_size=4)
+    share = float((labels == 0).mean())
+    assert result["metric"] == "mIoU"
+    assert result["mean"] == pytest.approx(100 * share / present)
+    assert result["pixel_accuracy"] == pytest.approx(100 * share)
+    assert result["per_class"]["background"] == pytest.approx(100 * share)
+    assert result["samples"] == 6 and np.isfinite(result["loss"])
+    text = SEG.format_result(result)
+    assert "background" in text and "pixel accuracy" in text
+    with pytest.raises(NasError, match="predicts 5 classes"):
+        evaluate_model(Constant(5, 0), data)
+
+
+def test_task_reads_synthetic_and_refuses_mismatched_data(tmp_path):
+    task = get_task("seg")
+    ds = task.make_dataset(None, "train", tiny_skeleton(), seed=0, augment=True, limit=3)
+    assert len(ds) == 3 and ds[0]["label"].shape == (32, 48)
+    assert task.validation_split(None) == "val" and task.evaluation_split(None) == "test"
+    with pytest.raises(NasError, match="unknown split 'dev'"):
+        task.make_dataset(None, "dev", tiny_skeleton(), seed=0, augment=False)
+    with pytest.raises(NasError, match="not a segmentation dataset"):
+        task.make_dataset(tmp_path, "train", tiny_skeleton(), seed=0, augment=False)
+    with pytest.raises(NasError, match="takes no sigma option"):
+        task.make_dataset(None, "train", tiny_skeleton(), seed=0, augment=False, sigma=2.0)
+    if (REAL_CAMVID / "train.txt").is_file():
+        with pytest.raises(NasError, match="camvid has 11 classes, the model predicts 4"):
+            task.make_dataset(REAL_CAMVID, "train", tiny_skeleton(), seed=0, augment=False)
+        camvid = task.make_dataset(REAL_CAMVID, "train", tiny_skeleton(11), seed=0,
+                                   augment=True, limit=2)
+        assert camvid[1]["image"].shape == (3, 32, 48)
+
+
+def seg_arch(tmp_path, classes=4):
+    space = SearchSpace("tiny-seg", tiny_skeleton(classes), backbone_ops=("mb_k3_e3",),
+                        seg_heads=("seg_lraspp_w8",))
+    spec = space.sample(np.random.default_rng(0), "tiny-seg-net")
+    spec.save(tmp_path / "arch.json")
+    return tmp_path / "arch.json"
+
+
+def test_train_and_eval_a_seg_network_from_the_command_line(tmp_path, capsys):
+    arch = seg_arch(tmp_path)
+    out = tmp_path / "run"
+    code, res = run_cli(capsys, ["train", str(arch), "--epochs", "1", "--limit", "8",
+                                 "--batch-size", "4", "--workers", "0", "--out", str(out),
+                                 "--no-progress", "--json"])
+    assert code == 0, res.err
+    report = json.loads(res.out)
+    assert report["task"] == "seg" and report["metric"] == "mIoU"
+    code, res = run_cli(capsys, ["eval", str(out / "last.pt"), "--limit", "4", "--no-progress",
+                                 "--json"])
+    assert code == 0, res.err
+    result = json.loads(res.out)
+    assert result["metric"] == "mIoU" and result["split"] == "test"
+    assert set(result["per_class"]) == {"background", "disc-1", "box-2", "triangle-3"}
+    code, res = run_cli(capsys, ["train", str(arch), "--task", "pose", "--epochs", "1",
+                                 "--out", str(tmp_path / "bad")])
+    assert code != 0 and "is a seg network (use --task seg)" in res.err
+    assert len(res.err.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+def test_search_refuses_a_space_of_the_other_task(tmp_path, capsys):
+    code, res = run_cli(capsys, ["search", "--task", "seg", "--space", "cpu-base",
+                                 "--budget", "5ms", "--out", str(tmp_path / "s")])
+    assert code != 0
+    assert "--space cpu-base is a pose space, not one for --task seg" in res.err
+    assert "seg-small" in res.err and not (tmp_path / "s").exists()
