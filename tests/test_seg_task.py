@@ -138,6 +138,19 @@ def test_train_and_eval_a_seg_network_from_the_command_line(tmp_path, capsys):
     result = json.loads(res.out)
     assert result["metric"] == "mIoU" and result["split"] == "test"
     assert set(result["per_class"]) == {"background", "disc-1", "box-2", "triangle-3"}
+    code, res = run_cli(capsys, ["eval", str(out / "last.pt"), "--limit", "4", "--no-progress",
+                                 "--score", "--rounds", "3", "--json"])
+    assert code == 0, res.err
+    score = json.loads(res.out)["score"]
+    assert [m["batch"] for m in score["measured"]] == [1, 16]
+    for m in score["measured"]:
+        assert m["t_ms"] == pytest.approx(m["batch_ms"] / m["batch"])
+        assert m["w"] == pytest.approx(max(0.0, 1 - max(0.0, m["t_ms"] - 3) / 7))
+        assert m["score"] == pytest.approx(score["miou"] * m["w"])
+    flops = score["flops"]
+    assert flops["t_ms"] == pytest.approx(9.1453 * flops["gflops"] / 140.6)
+    assert score["measured_over_flops_guess"] == \
+        pytest.approx(score["measured"][0]["t_ms"] / flops["t_ms"])
     code, res = run_cli(capsys, ["train", str(arch), "--task", "pose", "--epochs", "1",
                                  "--out", str(tmp_path / "bad")])
     assert code != 0 and "is a seg network (use --task seg)" in res.err
