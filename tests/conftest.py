@@ -20,8 +20,8 @@ def macs_table(space, folder):
     from lut import LatencyTable, space_rows
     from supernets.flops import op_macs
 
-    rows = {r.key: op_macs(r.op, r.in_chs, r.out_chs, r.stride, r.in_hw) / 1e7 + 0.01
-            for r in space_rows(space)}
+    rows = {r.key: op_macs(r.op, r.in_chs, r.out_chs, r.stride, r.in_hw, r.low_chs, r.low_hw)
+            / 1e7 + 0.01 for r in space_rows(space)}
     path = folder / "macs.parquet"
     LatencyTable.from_rows(space, rows).save(path)
     return path

@@ -157,6 +157,51 @@ def test_train_and_eval_a_seg_network_from_the_command_line(tmp_path, capsys):
     assert len(res.err.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
 
 
+def test_log_weight_cost_is_flat_under_3ms_minus_log_w_then_a_line_past_the_floor():
+    from nas.tasks.seg.score import SCORE_FLOOR, latency_weight, log_weight_cost
+
+    t = torch.tensor([1.0, 2.9, 4.0, 7.5, 9.0, 9.9, 12.0], requires_grad=True)
+    cost = log_weight_cost(t)
+    cost.sum().backward()
+    assert cost[:2].detach().tolist() == [0.0, 0.0] and t.grad[:2].tolist() == [0.0, 0.0]
+    for i in (2, 3, 4):
+        assert float(cost[i].detach()) == pytest.approx(-np.log(latency_weight(float(t[i].detach()))))
+        assert float(t.grad[i]) == pytest.approx(1 / (7 * latency_weight(float(t[i].detach()))))
+    t_floor = 10 - 7 * SCORE_FLOOR
+    assert float(log_weight_cost(torch.tensor(t_floor))) == pytest.approx(-np.log(SCORE_FLOOR))
+    assert float(t.grad[5]) == float(t.grad[6]) == pytest.approx(1 / (7 * SCORE_FLOOR))
+    assert float(cost[6].detach()) == pytest.approx(-np.log(SCORE_FLOOR)
+                                           + (12 - t_floor) / (7 * SCORE_FLOOR))
+
+
+def test_objective_score_searches_without_a_budget_floor_or_a_lambda_controller(tmp_path, capsys):
+    from conftest import macs_table
+
+    from nas.search.run import budget_window
+    from nas.search.searcher import SearchConfig
+    from supernets.space import get_space
+
+    cfg = SearchConfig(budget_ms=10.0, task="seg", space="seg-small", objective="score")
+    assert budget_window(cfg, 10.0, 1.0) == (0.0, pytest.approx(9.7))
+    with pytest.raises(NasError, match="--objective score is searched by the differentiable"):
+        SearchConfig(budget_ms=10.0, task="seg", space="seg-small", objective="score",
+                     strategy="random")
+    lut = macs_table(get_space("seg-small", input_size=(32, 48)), tmp_path)
+    out = tmp_path / "search"
+    code, res = run_cli(capsys, ["search", "--task", "seg", "--objective", "score", "--input",
+                                 "32x48", "--epochs", "2", "--train-samples", "24",
+                                 "--batch-size", "8", "--lut", str(lut), "--allow-foreign-lut",
+                                 "--out", str(out), "--no-progress", "--json"])
+    assert code == 0, res.err
+    report = json.loads(res.out)
+    assert report["objective"] == "score" and report["budget_ms"] == 10.0
+    assert report["window_ms"] is None or report["window_ms"][0] == 0.0
+    assert {lam for _, lam in report["lam_trajectory"]} == {1.0}
+    # the macs table puts the whole space under 3 ms: full marks, the task term alone moves it
+    assert report["predicted_ms"] < 3.0 and report["latency_weight"]["predicted"] == 1.0
+    assert json.loads((out / "arch.json").read_text())["task"] == "seg"
+
+
 def test_search_refuses_a_space_of_the_other_task(tmp_path, capsys):
     code, res = run_cli(capsys, ["search", "--task", "seg", "--space", "cpu-base",
                                  "--budget", "5ms", "--out", str(tmp_path / "s")])

@@ -77,8 +77,10 @@ def register(sub) -> None:
     g.add_argument("--trials", type=positive_int,
                    help="networks inside the window scored by the supernet (proxy evaluations, "
                         "default 200); with --resume, extends the search")
-    g.add_argument("--objective", choices=OBJECTIVES,
-                   help="supernet score: held-out heatmap loss (default) or PCK@0.2")
+    g.add_argument("--objective", choices=(*OBJECTIVES, "score"),
+                   help="supernet score: held-out task loss (default) or PCK@0.2 (mIoU for "
+                        "seg); score (differentiable strategy): search for max mIoU x W(T), "
+                        "W(T) = max(0, 1 - max(0, T - 3 ms) / 7 ms), budget 10 ms unless given")
     g.add_argument("--supernet", metavar="PATH",
                    help="a supernet trained before (oneshot.pt or supernet-eN.pt of a run's "
                         "supernet/ folder) instead of training one (--epochs epochs)")
@@ -147,11 +149,15 @@ def run(args) -> Result:
                         progress=not args.no_progress, resume=True, epochs=args.epochs,
                         trials=args.trials)
     else:
+        if args.budget is None and args.objective == "score":
+            args.budget = "10ms"   # the score's W is 0 from 10 ms on: the hard limit
         if args.budget is None:
             raise NasError("--budget is required (e.g. --budget 3ms), unless --resume DIR")
         strategy = args.strategy or "differentiable"
         foreign = given_flags(args, _PROPOSING_ONLY if strategy == "differentiable"
                               else _DIFFERENTIABLE_ONLY)
+        if strategy == "differentiable" and args.objective == "score":
+            foreign = [f for f in foreign if f != "--objective"]
         if foreign:
             raise NasError(f"{foreign[0]} is not a setting of --strategy {strategy}")
         budgets = parse_budgets(args.budget)

@@ -194,10 +194,21 @@ def setup(cfg: SearchConfig, *, lut: str | None = None, allow_foreign_lut: bool 
     return Setup(cfg, space, table, predictor, probe, (fast_ms, slow_ms), accuracy_only)
 
 
+def _weights(predicted_ms: float, measured_ms: float | None) -> dict:
+    """``--objective score``: W(T) of the pick, predicted and measured."""
+    from nas.tasks.seg.score import latency_weight
+
+    return {"predicted": latency_weight(predicted_ms),
+            "measured": latency_weight(measured_ms) if measured_ms else None}
+
+
 def budget_window(cfg: SearchConfig, budget_ms: float, fastest_ms: float) -> tuple[float, float]:
     """The predicted-latency window of a budget: ``cfg.window`` x budget, its top widened up to
-    the budget itself when the space's fastest network is just above it."""
+    the budget itself when the space's fastest network is just above it. ``--objective score``
+    has no floor: the budget is W's zero (10 ms), and any latency under it may score best."""
     low, high = (w * budget_ms for w in cfg.window)
+    if cfg.objective == "score" and cfg.strategy == "differentiable":
+        low = 0.0
     return low, max(high, min(budget_ms, fastest_ms))
 
 
@@ -311,8 +322,7 @@ def _measured_checks(searcher: Searcher, probs: dict, ranked: list[dict],
             break
         predictor = base.corrected(base.correction * float(np.exp(np.mean(np.log(ratios)))))
         (_, fast_ms), _ = predictor.bounds(space)
-        low, high = (w * cfg.budget_ms for w in cfg.window)
-        window = (low, max(high, min(cfg.budget_ms, fast_ms)))
+        window = budget_window(cfg, cfg.budget_ms, fast_ms)
         if fast_ms > window[1]:
             break  # the space's fastest network misses the budget on this machine now
         tried = {tuple(sorted(c["choices"].items())) for c in checks}
@@ -410,6 +420,9 @@ def _finish(searcher: Searcher, out: Path) -> dict:
         "measured_ms": measured_ms,
         "measured": measured,
         "measured_over_budget": measured_ms / cfg.budget_ms if measured else None,
+        "objective": cfg.objective if searcher.score_objective else "budget",
+        "latency_weight": _weights(chosen["predicted_ms"], measured_ms)
+        if searcher.score_objective else None,
         "measure_checks": checks,
         "latency_feedback": feedback,
         "fastest_measured_ms": fastest_measured,

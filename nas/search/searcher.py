@@ -132,7 +132,10 @@ class SearchConfig:
     # for those, ``epochs`` are the supernet's training epochs
     strategy: str = "differentiable"
     trials: int = 200                   # distinct networks scored by the supernet (proxy evals)
-    objective: str = "loss"             # supernet score: held-out heatmap "loss" or "pck"
+    # optuna/random: the supernet's score of a network, held-out "loss" or "pck" (mIoU for seg);
+    # differentiable: "score" searches for max mIoU x W(T) (nas.tasks.seg.score) instead of the
+    # budget's task + lambda * log_tau(E[latency]); its budget is W's zero, 10 ms
+    objective: str = "loss"
     supernet_rule: str = "uniform"      # nas.search.oneshot.RULES
     supernet: str | None = None         # a supernet trained before (snapshot or oneshot.pt)
     storage: str | None = None          # study storage: journal path or RDB URL (default: OUT)
@@ -157,9 +160,13 @@ class SearchConfig:
         if self.strategy not in STRATEGIES:
             raise NasError(f"--strategy {self.strategy!r}: expected one of "
                            f"{', '.join(STRATEGIES)}")
-        if self.objective not in OBJECTIVES:
+        if self.objective not in (*OBJECTIVES, "score"):
             raise NasError(f"--objective {self.objective!r}: expected one of "
-                           f"{', '.join(OBJECTIVES)}")
+                           f"{', '.join(OBJECTIVES)} (optuna, random) or score (differentiable)")
+        if self.objective == "score" and self.strategy != "differentiable":
+            raise NasError(f"--objective score is searched by the differentiable strategy; "
+                           f"--strategy {self.strategy} scores networks by "
+                           f"{' or '.join(OBJECTIVES)}")
         if self.supernet_rule not in RULES:
             raise NasError(f"--supernet-rule {self.supernet_rule!r}: expected one of "
                            f"{', '.join(RULES)}")
@@ -246,6 +253,8 @@ class Searcher:
                                       weight_decay=cfg.arch_weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.lam = 0.0 if accuracy_only else cfg.lam
+        if self.score_objective:
+            self.lam = 1.0   # log mIoU + log W(T): both terms in relative units, no controller
         self.epoch = 0
         self.step = 0
         self.history: list[dict] = []
@@ -279,6 +288,28 @@ class Searcher:
     def _task_loss(self, batch: dict, mixes) -> torch.Tensor:
         return self.task.loss(self.supernet(batch["image"], mixes), batch)
 
+    @property
+    def score_objective(self) -> bool:
+        return self.cfg.objective == "score" and self.cfg.strategy == "differentiable"
+
+    def _cost(self, expected: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The latency term: log_tau(E[latency]) (with lambda from the budget), or, for
+        ``--objective score``, -log W(E[latency]) (``nas.tasks.seg.score.log_weight_cost``)."""
+        if self.score_objective:
+            from nas.tasks.seg.score import log_weight_cost
+            return log_weight_cost(expected).to(like.device, like.dtype)
+        return (torch.log(expected) / math.log(self.cfg.tau)).to(like.device, like.dtype)
+
+    def _relative(self, task: torch.Tensor) -> torch.Tensor:
+        """``--objective score``: the task loss over its running mean, so that a step of it is
+        a relative change, the unit of log mIoU; as it is otherwise."""
+        if not self.score_objective:
+            return task
+        value = float(task.detach())
+        self.loss_scale = value if self.loss_scale is None else \
+            0.9 * self.loss_scale + 0.1 * value
+        return task / self.loss_scale
+
     def expected_latency(self) -> torch.Tensor:
         return self.predictor.expected_latency(self.space, self.arch.probs())
 
@@ -308,8 +339,7 @@ class Searcher:
         task = sum(a * self.arch.log_prob(path) for a, path in zip(advantages, paths,
                                                                    strict=True)) / k
         expected = self.expected_latency()
-        cost = (torch.log(expected) / math.log(cfg.tau)).to(task.device, task.dtype)
-        loss = task + self.lam * cost
+        loss = task + self.lam * self._cost(expected, task)
         self.opt_a.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_a.step()
@@ -324,10 +354,9 @@ class Searcher:
             return self._reinforce_step(batch)
         before = {lb: a.detach().clone() for lb, a in zip(self.arch.labels, self.arch.alphas)}
         mixes = self.arch.mixes(cfg.mode, self.gen, arch_grad=True, temperature=temperature)
-        task = self._task_loss(batch, mixes)
+        task = self._relative(self._task_loss(batch, mixes))
         expected = self.expected_latency()
-        cost = (torch.log(expected) / math.log(cfg.tau)).to(task.device, task.dtype)
-        loss = task + self.lam * cost
+        loss = task + self.lam * self._cost(expected, task)
         params = list(self.arch.parameters())
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         self.opt_a.zero_grad(set_to_none=True)
@@ -353,7 +382,7 @@ class Searcher:
         (``lam_control="argmax"``: what derivation starts from, but it jumps as the argmax
         changes), or ``lam_gain`` x how far the expected latency lies outside the window
         (``"expected"``: smooth in ``alpha``, zero inside the window)."""
-        if self.accuracy_only:
+        if self.accuracy_only or self.score_objective:
             return
         ratio = latency_ms / self.cfg.budget_ms
         low, high = self.cfg.window
