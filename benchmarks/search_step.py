@@ -11,6 +11,8 @@ minus the resident size before them is the configuration's working memory.
 
     python benchmarks/search_step.py [--space cpu-small] [--batch 16] [--rounds 5] \
         [--out results/benchmarks/search_step.json]
+    python benchmarks/search_step.py --space seg-small --input 88x120 --lut SEG_TABLE \
+        --out results/benchmarks/search_step_seg.json      # the segmentation space
 """
 
 from __future__ import annotations
@@ -40,23 +42,29 @@ CONFIGS = {
 def make_step(name: str, space, predictor, batch: int, seed: int = 0):
     """A closure running one step of configuration ``name`` on a fixed random batch."""
     from nas.search.searcher import SearchConfig, Searcher
-    from nas.tasks.pose import heatmap_loss
+    from nas.tasks import get_task
     from supernets.model import PoseNet
 
-    h, w = space.skeleton.input_size
-    hh, hw = space.skeleton.heatmap_size
+    sk = space.skeleton
+    task = get_task(sk.task)
+    h, w = sk.input_size
+    hh, hw = sk.heatmap_size
     g = torch.Generator().manual_seed(seed)
     data = {"image": torch.randn(batch, 3, h, w, generator=g).contiguous(
-                memory_format=torch.channels_last),
-            "target": torch.rand(batch, space.skeleton.num_joints, hh, hw, generator=g),
-            "target_weight": torch.ones(batch, space.skeleton.num_joints)}
+                memory_format=torch.channels_last)}
+    if sk.task == "seg":   # class ids, a tenth of the pixels void
+        label = torch.randint(0, sk.num_classes, (batch, h, w), generator=g)
+        data["label"] = torch.where(torch.rand(batch, h, w, generator=g) < 0.1, 255, label)
+    else:
+        data.update(target=torch.rand(batch, sk.num_joints, hh, hw, generator=g),
+                    target_weight=torch.ones(batch, sk.num_joints))
     if name == "largest-network":
         torch.manual_seed(seed)
         model = PoseNet(space.largest()).to(memory_format=torch.channels_last).train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
         def step():
-            loss = heatmap_loss(model(data["image"]), data["target"], data["target_weight"])
+            loss = task.loss(model(data["image"]), data)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -64,8 +72,9 @@ def make_step(name: str, space, predictor, batch: int, seed: int = 0):
     settings = dict(CONFIGS[name])
     if "arch_batch_size" in settings:  # "full": the architecture step on the whole batch
         settings["arch_batch_size"] = batch
-    cfg = SearchConfig(budget_ms=1.0, space=space.name, input_size=space.skeleton.input_size,
-                       epochs=2, warmup_epochs=0, batch_size=batch, seed=seed, **settings)
+    cfg = SearchConfig(budget_ms=1.0, task=sk.task, space=space.name,
+                       input_size=sk.input_size, epochs=2, warmup_epochs=0, batch_size=batch,
+                       seed=seed, **settings)
     searcher = Searcher(cfg, space, predictor, [None] * batch, [None] * batch)
     arch_data = {k: v[:cfg.arch_batch_size] for k, v in data.items()}
 
@@ -75,11 +84,12 @@ def make_step(name: str, space, predictor, batch: int, seed: int = 0):
     return step
 
 
-def _setup(space_name: str, lut_path: str | None):
+def _setup(space_name: str, lut_path: str | None, input_size: str | None = None):
     import lut as lutlib
     from supernets.space import get_space
 
-    space = get_space(space_name)
+    size = tuple(int(v) for v in input_size.lower().split("x")) if input_size else None
+    space = get_space(space_name, input_size=size)
     path = Path(lut_path) if lut_path else lutlib.default_table_path(space, "cpu")
     table = lutlib.LatencyTable.load(path, allow_foreign=True)
     return space, lutlib.LatencyPredictor(table), path
@@ -87,7 +97,7 @@ def _setup(space_name: str, lut_path: str | None):
 
 def child(args) -> None:
     """Subprocess: peak RSS growth of ``args.child`` over a few steps."""
-    space, predictor, _ = _setup(args.space, args.lut)
+    space, predictor, _ = _setup(args.space, args.lut, args.input)
     step = make_step(args.child, space, predictor, args.batch)
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
@@ -108,6 +118,7 @@ def _status_kib(field: str) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--space", default="cpu-small")
+    ap.add_argument("--input", help="HxW instead of the space's input (a table of that size)")
     ap.add_argument("--lut")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=5)
@@ -122,7 +133,7 @@ def main() -> None:
         child(args)
         return
     names = args.configs.split(",")
-    space, predictor, lut_path = _setup(args.space, args.lut)
+    space, predictor, lut_path = _setup(args.space, args.lut, args.input)
     steps = {n: make_step(n, space, predictor, args.batch) for n in names}
     for n in names:  # warm-up
         steps[n]()
@@ -139,7 +150,8 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, "--child", n, "--space", args.space,
                               "--batch", str(args.batch), "--threads", str(args.threads),
                               "--mem-steps", str(args.mem_steps)]
-                             + (["--lut", args.lut] if args.lut else []),
+                             + (["--lut", args.lut] if args.lut else [])
+                             + (["--input", args.input] if args.input else []),
                              capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"memory run of {n} failed:\n{out.stderr}")
