@@ -41,7 +41,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -121,14 +121,15 @@ def export_onnx(model: nn.Module, args: tuple, input_names: Sequence[str],
 
 
 class _Ops(nn.Module):
-    """Several ops side by side: one input and one output each (for one exporter call)."""
+    """Several ops side by side, one output each (for one exporter call): an op's input is a
+    tensor, or a tuple of them (a segmentation head's feature and low-level feature)."""
 
     def __init__(self, ops: Sequence[nn.Module]):
         super().__init__()
         self.ops = nn.ModuleList(ops)
 
-    def forward(self, xs: tuple[torch.Tensor, ...]):
-        return tuple(op(x) for op, x in zip(self.ops, xs))
+    def forward(self, xs: tuple):
+        return tuple(op(*x) if isinstance(x, tuple) else op(x) for op, x in zip(self.ops, xs))
 
 
 def cache_dir() -> Path:
@@ -183,10 +184,6 @@ def op_models(rows: Sequence, batch: int = 1, dtype: str = "fp32",
     from supernets.ops import build_op
 
     _dtype(dtype)
-    low = next((row for row in rows if row.low_chs), None)
-    if low is not None:
-        raise NasError(f"row {low.key}: ONNX Runtime rows of segmentation heads are not built "
-                       "yet; time them in PyTorch eager (--runtime torch)")
     models, todo = {}, []
     for row in rows:
         key = _cache_key("op", row.key, batch, dtype)
@@ -197,17 +194,27 @@ def op_models(rows: Sequence, batch: int = 1, dtype: str = "fp32",
             models[row.key] = model
     for start in range(0, len(todo), EXPORT_BATCH_ROWS):
         part = todo[start:start + EXPORT_BATCH_ROWS]
-        ops, xs = [], []
-        for row, key in part:
+        ops, xs, inputs = [], [], []
+        for i, (row, key) in enumerate(part):
             with torch.random.fork_rng():
                 torch.manual_seed(_seed(key))
-                ops.append(build_op(row.op, row.in_chs, row.out_chs, row.stride).eval())
-            xs.append(torch.zeros(batch, row.in_chs, *row.in_hw))
-        names = [(f"x{i}", f"y{i}") for i in range(len(part))]
-        program = export_onnx(_Ops(ops), (tuple(xs),), [x for x, _ in names], [y for _, y in names])
+                ops.append(build_op(row.op, row.in_chs, row.out_chs, row.stride,
+                                    low_chs=row.low_chs or None).eval())
+            x = torch.zeros(batch, row.in_chs, *row.in_hw)
+            if row.low_chs:   # a segmentation head: inputs x and low
+                xs.append((x, torch.zeros(batch, row.low_chs, *row.low_hw)))
+                inputs.append([f"x{i}", f"low{i}"])
+            else:
+                xs.append(x)
+                inputs.append([f"x{i}"])
+        program = export_onnx(_Ops(ops), (tuple(xs),), [n for names in inputs for n in names],
+                              [f"y{i}" for i in range(len(part))])
+        kept = {v.name for v in program.model_proto.graph.input}   # an unused input is dropped
         extractor = Extractor(program.model_proto)
-        for (row, key), (x, y) in zip(part, names):
-            model = _renamed(extractor.extract_model([x], [y]), {x: "x", y: "y"})
+        for i, ((row, key), names) in enumerate(zip(part, inputs)):
+            names = [n for n in names if n in kept]
+            rename = {f"x{i}": "x", f"low{i}": "low", f"y{i}": "y"}
+            model = _renamed(extractor.extract_model(names, [f"y{i}"]), rename)
             _store(key, model)
             models[row.key] = model
         if on_export:
@@ -226,34 +233,46 @@ def _renamed(model, names: dict[str, str]):
     return model
 
 
-def chain(models: Sequence, input_name: str = "image", output_name: str = "heatmaps"):
-    """One model running ``models`` one after the other (each one input, one output): their
-    nodes and initialisers, names prefixed ``l<i>/``, each input joined to the previous output."""
+def chain(models: Sequence, input_name: str = "image", output_name: str = "heatmaps",
+          taps: Mapping[int, int] | None = None):
+    """One model running ``models`` one after the other: their nodes and initialisers, names
+    prefixed ``l<i>/``, each input ``x`` joined to the previous output. ``taps``: ``{i: j}``,
+    model ``i`` (a segmentation head) also takes model ``j``'s output as its input ``low``."""
     import onnx
     from onnx import compose, helper
 
     if not models:
         raise ValueError("chain of no models")
+    taps = dict(taps or {})
     nodes, inits, infos, opsets = [], [], [], {}
-    previous = input_name
+    previous, outputs = input_name, []
     for i, model in enumerate(models):
         m = compose.add_prefix(model, f"l{i}/")
         g = m.graph
-        if len(g.input) != 1 or len(g.output) != 1 or m.functions:
-            raise ValueError(f"model {i}: expected one input, one output and no local functions")
+        names = [v.name for v in g.input]
+        low = [n for n in names if n == f"l{i}/low"]
+        if len(names) - len(low) != 1 or len(g.output) != 1 or m.functions:
+            raise ValueError(f"model {i}: expected one input (and a low-level one), one output "
+                             "and no local functions")
+        if low and i not in taps:
+            raise ValueError(f"model {i} takes a low-level feature; say which model gives it")
+        (x_name,) = [n for n in names if n not in low]
         out = output_name if i == len(models) - 1 else g.output[0].name
-        rename = {g.input[0].name: previous, g.output[0].name: out}
+        rename = {x_name: previous, g.output[0].name: out}
+        if low:
+            rename[low[0]] = outputs[taps[i]]
         for node in g.node:
             node.input[:] = [rename.get(n, n) for n in node.input]
             node.output[:] = [rename.get(n, n) for n in node.output]
             nodes.append(node)
-        if g.input[0].name == g.output[0].name:  # an op that passes its input through
+        if x_name == g.output[0].name:  # an op that passes its input through
             nodes.append(helper.make_node("Identity", [previous], [out]))
         inits.extend(g.initializer)
         infos.extend(v for v in g.value_info if v.name not in rename)
         for op in m.opset_import:
             opsets[op.domain] = max(opsets.get(op.domain, 0), op.version)
         previous = out
+        outputs.append(out)
     first_in, last_out = models[0].graph.input[0], models[-1].graph.output[0]
     graph = helper.make_graph(
         nodes, "network",
@@ -276,14 +295,14 @@ def network_model(spec, batch: int = 1, dtype: str = "fp32", *, how: str = "chai
     from supernets.model import PoseNet
 
     _dtype(dtype)
-    if how == "chain" and spec.skeleton.task == "seg":
-        # a chain joins one output to the next input; a segmentation head's low-level input
-        # is not expressed yet, so the network is exported whole
-        how = "export"
     if how == "chain":
         rows = [row for _, row in spec_rows(spec)]
         ops = op_models(rows, batch, dtype)
-        return chain([ops[row.key] for row in rows])
+        layers = spec.layers()
+        labels = [layer.label for layer in layers]
+        taps = {i: labels.index(layer.low_from) for i, layer in enumerate(layers)
+                if layer.low_from is not None}
+        return chain([ops[row.key] for row in rows], taps=taps)
     if how != "export":
         raise ValueError(f"how = {how!r}: expected 'chain' or 'export'")
     key = _cache_key("network", _spec_ident(spec), batch, dtype)
@@ -337,24 +356,31 @@ def session(model, provider: str, threads: int, device_index: int = 0):
                                 providers=[(provider, options)])
 
 
-def runner(sess, x: np.ndarray, provider: str, device_index: int = 0) -> Callable[[], object]:
+def runner(sess, x: np.ndarray | Mapping[str, np.ndarray], provider: str,
+           device_index: int = 0) -> Callable[[], object]:
     """A zero-argument call running ``sess`` on ``x`` as deployed: host arrays on the CPU
-    provider; inputs and outputs bound on the GPU for CUDA providers."""
+    provider; inputs and outputs bound on the GPU for CUDA providers. ``x``: the array of the
+    session's one input, or arrays by input name (those the session does not take are left
+    out: an exported op drops an input it does not use)."""
     import onnxruntime as ort
 
-    name = sess.get_inputs()[0].name
+    names = [i.name for i in sess.get_inputs()]
+    feeds = {k: v for k, v in x.items() if k in names} if isinstance(x, Mapping) \
+        else {names[0]: x}
     if provider not in CUDA_PROVIDERS:
-        feeds = {name: x}
         return lambda: sess.run(None, feeds)
     binding = sess.io_binding()
-    x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", device_index)
-    binding.bind_ortvalue_input(name, x_dev)
+    on_device = []
+    for name, value in feeds.items():
+        value_dev = ort.OrtValue.ortvalue_from_numpy(value, "cuda", device_index)
+        binding.bind_ortvalue_input(name, value_dev)
+        on_device.append(value_dev)
     for out in sess.get_outputs():
         binding.bind_output(out.name, "cuda", device_index)
 
     def call():
         sess.run_with_iobinding(binding)
-        return x_dev  # keeps the device input alive as long as the call
+        return on_device  # keeps the device inputs alive as long as the call
     return call
 
 

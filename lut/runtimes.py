@@ -155,15 +155,10 @@ class Runtime:
             return calls
         from lut import ort
 
-        low = next((row for row in rows if row.low_chs), None)
-        if low is not None:
-            raise NasError(f"{self.describe()}: rows of segmentation heads ({low.key}) are "
-                           "timed in PyTorch eager only for now (--runtime torch)")
-
         models = ort.op_models(rows, batch, _dtype_name(dtype))
         calls = {}
         for row in rows:
-            x = torch.randn(batch, row.in_chs, *row.in_hw, generator=gen).numpy()
+            x = dict(zip(("x", "low"), (t.numpy() for t in row.inputs(batch, gen))))
             sess = ort.session(models[row.key], self.provider, threads, device.index or 0)
             calls[row.key] = ort.runner(sess, x, self.provider, device.index or 0)
         return calls

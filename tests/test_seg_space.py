@@ -166,3 +166,41 @@ def test_a_standalone_seg_network_exports_and_counts():
     assert model.taps == [(len(model.labels) - 3, len(model.labels) - 1)]
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 48)).shape == (1, 5, 32, 48)
+
+
+def test_seg_rows_export_with_their_low_level_input_and_chain_through_the_tap():
+    from lut import ort
+
+    space = tiny_seg_space()
+    rng = np.random.default_rng(5)
+    for seed in range(4):
+        spec = space.sample(np.random.default_rng(seed), "n")
+        rows = [row for _, row in spec_rows(spec)]
+        ops = ort.op_models(rows)
+        net = ort.network_model(spec)
+        assert [i.name for i in net.graph.input] == ["image"]
+        x = rng.standard_normal((2, 3, 32, 48)).astype(np.float32)
+        (y,) = ort.session(net, "CPUExecutionProvider", 1).run(None, {"image": x})
+        # by hand: row after row, the head fed the tapped layer's output as ``low``
+        h, outs = x, []
+        layers = spec.layers()
+        for layer, row in zip(layers, rows, strict=True):
+            sess = ort.session(ops[row.key], "CPUExecutionProvider", 1)
+            feeds = {"x": h}
+            if layer.low_from is not None and "low" in [i.name for i in sess.get_inputs()]:
+                feeds["low"] = outs[[lay.label for lay in layers].index(layer.low_from)]
+            (h,) = sess.run(None, feeds)
+            outs.append(h)
+        assert y.shape == (2, 5, 32, 48) and np.allclose(y, h, atol=1e-5)
+
+
+def test_a_seg_table_builds_in_onnx_runtime(tmp_path):
+    from lut.runtimes import Runtime
+
+    space = tiny_seg_space(heads=("seg_tc1_up_dw_w8", "seg_aspp_w8"))
+    out = tmp_path / "seg-ort.parquet"
+    build(space, "cpu", out=out, timing=FAST, progress=False, calibration_networks=2,
+          runtime=Runtime("onnxruntime", "CPUExecutionProvider"))
+    table = LatencyTable.load(out)
+    assert table.runtime.name == "onnxruntime"
+    assert all(table.latency_ms(r.key) > 0 for r in space_rows(space))
