@@ -3,6 +3,10 @@
 ``mobilenetv2``: MobileNetV2's backbone (t, c, n, s table; every block k3 e6, the stem being its
 first t=1 block) with the last stride-2 stage made stride 1 for output stride 16, and
 EfficientPose's slim head: two plain 4x4 transposed convs, 64 then 32 channels, each with SIC.
+
+``mobilenetv2-lraspp``: segmentation (CamVid's 176x240 and 11 classes): the same backbone with
+MobileNetV3's segmentation head, LR-ASPP at width 128 fed by the output-stride-8 feature
+(``seg_lraspp_w128``), the hand-designed baseline of the segmentation proof.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import os
 from pathlib import Path
 
 from supernets.errors import NasError
-from supernets.space import PRESETS
+from supernets.ops import seg_head_name
+from supernets.space import PRESETS, SEG_PRESETS
 from supernets.spec import ArchSpec, Skeleton, Stage, head_choice
 
 __all__ = ["NAMED_ARCHS", "load_arch"]
@@ -32,7 +37,16 @@ def _mobilenetv2() -> ArchSpec:
     return ArchSpec(name="mobilenetv2", skeleton=skeleton, choices=choices)
 
 
-NAMED_ARCHS = {"mobilenetv2": _mobilenetv2}
+def _mobilenetv2_lraspp() -> ArchSpec:
+    input_size, classes = SEG_PRESETS["camvid"]
+    skeleton = Skeleton(input_size=input_size, num_joints=classes, stem_width=16,
+                        stages=tuple(Stage(c, n, s) for _, c, n, s in _MBV2_TABLE), task="seg")
+    choices = {label: "mb_k3_e6" for label in skeleton.choice_labels()}
+    choices["head"] = seg_head_name("lraspp", 128)
+    return ArchSpec(name="mobilenetv2-lraspp", skeleton=skeleton, choices=choices)
+
+
+NAMED_ARCHS = {"mobilenetv2": _mobilenetv2, "mobilenetv2-lraspp": _mobilenetv2_lraspp}
 
 
 def load_arch(ref: str | os.PathLike, *, input_size: tuple[int, int] | None = None,

@@ -204,3 +204,16 @@ def test_a_seg_table_builds_in_onnx_runtime(tmp_path):
     table = LatencyTable.load(out)
     assert table.runtime.name == "onnxruntime"
     assert all(table.latency_ms(r.key) > 0 for r in space_rows(space))
+
+
+def test_the_named_seg_baseline_is_mobilenetv2_with_lraspp_at_output_stride_8():
+    from supernets.named import load_arch
+
+    spec = load_arch("mobilenetv2-lraspp")
+    assert spec.skeleton.task == "seg" and spec.skeleton.input_size == (176, 240)
+    head = spec.layers()[-1]
+    assert (head.op, head.low_from, head.low_chs, head.low_hw) == \
+        ("seg_lraspp_w128", "stage2.block2", 32, (22, 30))
+    small = load_arch("mobilenetv2-lraspp", input_size=(64, 96))
+    with torch.no_grad():
+        assert PoseNet(small).eval()(torch.randn(1, 3, 64, 96)).shape == (1, 11, 64, 96)
