@@ -96,6 +96,32 @@ def test_miou_of_a_constant_prediction_is_the_background_share_over_the_classes_
         evaluate_model(Constant(5, 0), data)
 
 
+def test_evaluation_pads_images_of_any_size_and_never_scores_the_padding():
+    from nas.tasks.seg.task import pad_collate
+
+    samples = [{"image": torch.ones(3, 30, 40), "label": torch.zeros(30, 40, dtype=torch.int64),
+                "index": 0},
+               {"image": torch.ones(3, 33, 20), "label": torch.ones(33, 20, dtype=torch.int64),
+                "index": 1}]
+    batch = pad_collate(samples)
+    assert batch["image"].shape == (2, 3, 64, 64) and batch["label"].shape == (2, 64, 64)
+    assert int((batch["label"] != 255).sum()) == 30 * 40 + 33 * 20
+    assert float(batch["image"][0, :, 30:].abs().sum()) == 0.0
+
+    class Mixed(torch.utils.data.Dataset):
+        spec = synthetic_spec(2)
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return samples[i]
+    result = evaluate_model(Constant(2, 0), Mixed(), batch_size=2)
+    # class 0 everywhere: background IoU = 1200 / (1200 + 660), class 1 IoU 0
+    assert result["per_class"]["background"] == pytest.approx(100 * 1200 / 1860)
+    assert result["pixel_accuracy"] == pytest.approx(100 * 1200 / 1860)
+
+
 def test_task_reads_synthetic_and_refuses_mismatched_data(tmp_path):
     task = get_task("seg")
     ds = task.make_dataset(None, "train", tiny_skeleton(), seed=0, augment=True, limit=3)
@@ -113,6 +139,9 @@ def test_task_reads_synthetic_and_refuses_mismatched_data(tmp_path):
         camvid = task.make_dataset(REAL_CAMVID, "train", tiny_skeleton(11), seed=0,
                                    augment=True, limit=2)
         assert camvid[1]["image"].shape == (3, 32, 48)
+        test = task.make_dataset(REAL_CAMVID, "test", tiny_skeleton(11), seed=0, augment=False,
+                                 limit=1)
+        assert test[0]["label"].shape == (180, 240)    # scored at the image's own size
 
 
 def seg_arch(tmp_path, classes=4):

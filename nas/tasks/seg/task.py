@@ -2,8 +2,9 @@
 
 Data (``--data``): omitted, the embedded synthetic shapes (``SyntheticSeg``); a CamVid, Cityscapes
 or Pascal VOC folder, recognised by layout (``nas.tasks.seg.data``). Training samples are random
-``skeleton.input_size`` crops of randomly scaled and flipped images; evaluation resizes each
-image to the network's input (bilinear; labels nearest) and scores the prediction there.
+``skeleton.input_size`` crops of randomly scaled and flipped images; evaluation scores each image
+at its own resolution, as published results are: a batch is padded at the bottom and right to a
+multiple of 32 (image 0 after normalisation, label 255, so the padding is never scored).
 
 The metric is the confusion-matrix mIoU over the split (``ConfusionMatrix``; the ignore label
 255 is left out), with pixel accuracy and per-class IoU, in percent.
@@ -28,7 +29,8 @@ from nas.tasks.seg.metrics import ConfusionMatrix
 from nas.tasks.seg.synthetic import SYNTHETIC_SPLITS, SyntheticSeg
 from supernets.errors import NasError
 
-__all__ = ["SEG", "SegTask", "evaluate_model", "format_result", "segmentation_loss"]
+__all__ = ["SEG", "SegTask", "evaluate_model", "format_result", "pad_collate",
+           "segmentation_loss"]
 
 VALIDATION_SPLIT = {"synthetic": "val", "camvid": "val", "cityscapes": "val", "voc": "val"}
 EVALUATION_SPLIT = {"synthetic": "test", "camvid": "test", "cityscapes": "val", "voc": "val"}
@@ -41,6 +43,25 @@ def segmentation_loss(scores: Tensor, labels: Tensor) -> Tensor:
         raise ValueError(f"segmentation_loss: scores {tuple(scores.shape)} and labels "
                          f"{tuple(labels.shape)} differ in batch or size")
     return F.cross_entropy(scores, labels, ignore_index=IGNORE_INDEX)
+
+
+PAD_MULTIPLE = 32   # any output stride of the spaces divides it
+
+
+def pad_collate(samples: list[dict]) -> dict:
+    """A batch of samples of any sizes: each padded at the bottom and right to the batch's
+    largest size rounded up to ``PAD_MULTIPLE`` (image 0, label ``IGNORE_INDEX``)."""
+    h = max(s["image"].shape[-2] for s in samples)
+    w = max(s["image"].shape[-1] for s in samples)
+    h, w = (-(-v // PAD_MULTIPLE) * PAD_MULTIPLE for v in (h, w))
+    images = torch.zeros(len(samples), 3, h, w)
+    labels = torch.full((len(samples), h, w), IGNORE_INDEX, dtype=torch.int64)
+    for i, s in enumerate(samples):
+        sh, sw = s["label"].shape
+        images[i, :, :sh, :sw] = s["image"]
+        labels[i, :sh, :sw] = s["label"]
+    return {"image": images, "label": labels,
+            "index": torch.tensor([int(s["index"]) for s in samples])}
 
 
 def _unwrap(dataset):
@@ -60,7 +81,8 @@ def evaluate_model(model: nn.Module, dataset, *, flip: bool = False, batch_size:
     model.eval()
     matrix = ConfusionMatrix(spec.num_classes, spec.ignore_index)
     loss_sum, pixels = 0.0, 0
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=pad_collate)
     try:
         for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress,
                           leave=False):
@@ -135,7 +157,9 @@ class SegTask(Task):
                            f"{spec.num_classes} classes)")
         if limit is not None:
             records = records[:limit]
-        return SegDataset(records, spec, crop=size, augment=augment, seed=seed)
+        # evaluation at each image's own size (see the module doc)
+        return SegDataset(records, spec, crop=size if augment else None, augment=augment,
+                          seed=seed)
 
     def validation_split(self, data) -> str:
         return VALIDATION_SPLIT[self.dataset_kind(data)]
