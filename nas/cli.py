@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import pkgutil
 import sys
 
@@ -42,7 +43,8 @@ class _CommandParser(_Parser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="nas", description="Hardware-aware architecture search for efficient pose heads.")
+        prog="nas", description="Hardware-aware architecture search for efficient pose and "
+        "segmentation heads.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_CommandParser)
     import nas.commands
@@ -60,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nas: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except BrokenPipeError:
+        # the reader of stdout went away (``nas ... | head``): nothing more to say; point
+        # stdout at /dev/null so that the interpreter's final flush does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 def _main(argv: list[str] | None) -> int:

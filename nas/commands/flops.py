@@ -13,7 +13,8 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("spec", help="arch JSON file or a named architecture (e.g. mobilenetv2)")
     p.add_argument("--input", type=input_size, metavar="HxW", help="override the input size")
-    p.add_argument("--joints", type=positive_int, metavar="N", help="override the number of joints")
+    p.add_argument("--joints", "--classes", dest="joints", type=positive_int,
+                   metavar="N", help="override the number of joints (pose) or classes (seg)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=run)
 

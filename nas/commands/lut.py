@@ -57,7 +57,8 @@ def register(sub) -> None:
                    help="search space (default: cpu-base)")
     b.add_argument("--preset", choices=list(PRESETS), help="dataset input size and joints")
     b.add_argument("--input", type=input_size, metavar="HxW", help="override the input size")
-    b.add_argument("--joints", type=positive_int, metavar="N", help="override the joints")
+    b.add_argument("--joints", "--classes", dest="joints", type=positive_int,
+                   metavar="N", help="override the joints (pose) or classes (seg)")
     b.add_argument("--batch", type=positive_int, default=1, metavar="N", help="default: 1")
     b.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="default: fp32")
     b.add_argument("--threads", type=positive_int, metavar="N",

@@ -33,8 +33,9 @@ def register(sub) -> None:
                         "draws (the baseline)")
     p.add_argument("--space", help="search space (default cpu-base; seg-small with --task seg)")
     p.add_argument("--input", type=input_size, metavar="HxW", help="override the space's input")
-    p.add_argument("--joints", type=positive_int, metavar="N",
-                   help="override the space's joint count (e.g. 14 for LSP)")
+    p.add_argument("--joints", "--classes", dest="joints", type=positive_int,
+                   metavar="N", help="override the space's joints (e.g. 14 for LSP) or "
+                   "classes (seg, e.g. 19 for Cityscapes)")
     p.add_argument("--lut", help="latency table (default: this device's table for the space, "
                    "built first if missing)")
     p.add_argument("--allow-foreign-lut", action="store_true",

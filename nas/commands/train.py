@@ -42,8 +42,9 @@ def register(sub) -> None:
                    help="validate every N epochs (default 1; 0: only at the end)")
     p.add_argument("--batch-size", type=positive_int, help="batch size (default 32)")
     p.add_argument("--input", type=input_size, metavar="HxW", help="override the arch's input")
-    p.add_argument("--joints", type=positive_int, metavar="N",
-                   help="override the arch's joint count (it must match the data)")
+    p.add_argument("--joints", "--classes", dest="joints", type=positive_int,
+                   metavar="N", help="override the arch's joints or classes (they must "
+                   "match the data)")
     p.add_argument("--sigma", type=positive_float,
                    help="Gaussian target sigma in heatmap px (default 2)")
     p.add_argument("--lr", type=positive_float, help="Adam learning rate (default 1e-3)")
