@@ -8,7 +8,7 @@ evaluations to ``results/benchmarks/search_quality.md`` (and ``.json``). See
 
     python benchmarks/search_quality.py [--strategies differentiable,optuna,random] \\
         [--seeds 0,1,2] [--trials 300] [--supernet runs/proxies/uniform/supernet-e20.pt] \\
-        [--workers 2] [--workdir runs/search_quality] [--json]
+        [--workers 2] [--workdir runs/search_quality] [--finished-only] [--json]
 
 Resumable: searches resume in their folders, finished ones are read back, picks train with
 per-epoch checkpoints (Ctrl-C stops; the same command continues).
@@ -58,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--posebench", default="results/posebench", help="the ground truth")
     ap.add_argument("--workdir", default="runs/search_quality")
     ap.add_argument("--out", default="results/benchmarks/search_quality")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="report the searches that have finished (their picks trained if "
+                         "needed), start none")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     args.strategies = [s.strip() for s in args.strategies.split(",")]
@@ -85,7 +88,10 @@ def main(argv=None) -> int:
         q = sq.QualitySettings(strategies=args.strategies, seeds=args.seeds, trials=args.trials,
                                supernet=args.supernet, search_epochs=args.search_epochs)
         workdir, out = Path(args.workdir), Path(args.out)
-        reports = sq.run_searches(q, bench, workdir, log=log)
+        reports = sq.run_searches(q, bench, workdir, log=log, finished_only=args.finished_only)
+        if not reports:
+            raise NasError(f"no finished search in {workdir} among "
+                           f"{', '.join(q.strategies)} x seeds {q.seeds}")
         result = sq.score(q, bench, reports, out, workdir, workers=args.workers, log=log)
     except NasError as e:
         print(f"search_quality: error: {e}", file=sys.stderr)

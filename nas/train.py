@@ -95,10 +95,10 @@ class TrainConfig:
             check_float(name, getattr(self, name), positive=True)
         check_float("weight_decay", self.weight_decay, non_negative=True)
         self.decay_at = tuple(self.decay_at)
-        arch_task = self.spec.skeleton.task
+        arch_task = self.arch.get("task", "pose") if isinstance(self.arch, dict) else "pose"
         if arch_task != self.task:
-            raise NasError(f"--task {self.task}: arch {self.spec.name!r} is a {arch_task} "
-                           f"network (use --task {arch_task})")
+            raise NasError(f"--task {self.task}: arch {self.arch.get('name')!r} is a "
+                           f"{arch_task} network (use --task {arch_task})")
 
     @property
     def spec(self) -> ArchSpec:

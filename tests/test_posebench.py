@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
-import nas.train
 from nas.bench import posebench as pb
 from nas.bench.stats import rank_agreement, top_overlap
 from nas.cli import main
+from nas.tasks.pose.task import POSE
 from nas.train import RECIPES, TrainConfig, Trainer, TrainingDiverged, recipe, train
 from supernets.errors import NasError
 from supernets.space import get_space
@@ -141,7 +141,7 @@ def _nan_loss(*args, **kwargs):
 
 
 def test_a_nan_loss_stops_training_naming_epoch_and_step(tmp_path, monkeypatch):
-    monkeypatch.setattr(nas.train, "heatmap_loss", _nan_loss)
+    monkeypatch.setattr(POSE, "loss", _nan_loss)
     with pytest.raises(TrainingDiverged) as info:
         train(_cfg(epochs=1), tmp_path / "run", progress=False)
     assert isinstance(info.value, NasError)
@@ -151,14 +151,14 @@ def test_a_nan_loss_stops_training_naming_epoch_and_step(tmp_path, monkeypatch):
 
 
 def test_an_infinite_loss_in_a_later_step_names_that_step(tmp_path, monkeypatch):
-    real, calls = nas.train.heatmap_loss, []
+    real, calls = POSE.loss, []
 
     def later(*args, **kwargs):
         calls.append(1)
         loss = real(*args, **kwargs)
         return loss * math.inf if len(calls) == 2 else loss
 
-    monkeypatch.setattr(nas.train, "heatmap_loss", later)
+    monkeypatch.setattr(POSE, "loss", later)
     with pytest.raises(TrainingDiverged, match=r"became inf in epoch 1, step 2"):
         train(_cfg(epochs=1), tmp_path / "run", progress=False)
 
@@ -166,7 +166,7 @@ def test_an_infinite_loss_in_a_later_step_names_that_step(tmp_path, monkeypatch)
 def test_cli_divergence_is_one_line(tmp_path, monkeypatch, capsys):
     arch = tmp_path / "tiny.json"
     _spec().save(arch)
-    monkeypatch.setattr(nas.train, "heatmap_loss", _nan_loss)
+    monkeypatch.setattr(POSE, "loss", _nan_loss)
     code = main(["train", str(arch), "--epochs", "1", "--limit", "4", "--batch-size", "4",
                  "--workers", "0", "--out", str(tmp_path / "run"), "--no-progress"])
     captured = capsys.readouterr()

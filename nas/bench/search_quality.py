@@ -78,9 +78,11 @@ def search_config(q: QualitySettings, bench: pb.BenchSettings, strategy: str, se
 
 
 def run_searches(q: QualitySettings, bench: pb.BenchSettings, workdir: Path, *,
-                 log=print, progress: bool = False) -> dict[str, dict]:
+                 log=print, progress: bool = False, finished_only: bool = False
+                 ) -> dict[str, dict]:
     """Every (strategy, seed) search, resumed where it stopped: ``{key: report}``; a search
-    interrupted (Ctrl-C) stops the whole run (``KeyboardInterrupt``)."""
+    interrupted (Ctrl-C) stops the whole run (``KeyboardInterrupt``). ``finished_only``: read
+    back the searches that have finished, run none."""
     from nas.search.run import search
     from nas.search.run_blackbox import STATE_FILE
 
@@ -93,6 +95,8 @@ def run_searches(q: QualitySettings, bench: pb.BenchSettings, workdir: Path, *,
             done = out / "report.json"
             if done.is_file():
                 reports[key] = json.loads(done.read_text())
+                continue
+            if finished_only:
                 continue
             resume = (out / STATE_FILE).is_file() or (out / "checkpoint.pt").is_file()
             log(f"{'continuing' if resume else 'running'} search {key} in {out}")
@@ -170,7 +174,9 @@ def score(q: QualitySettings, bench: pb.BenchSettings, reports: dict[str, dict],
                 "mean_pck": float(np.mean([r["pck"] for r in mine])),
                 "mean_search_seconds": float(np.mean([r["search_seconds"] or 0 for r in mine])),
                 "evaluations": [r["evaluations"] for r in mine]}
-    return {"window_ms": [low, high], "population": len(population),
+    missing = [f"{st}-s{seed}" for st in q.strategies for seed in q.seeds
+               if f"{st}-s{seed}" not in reports]
+    return {"window_ms": [low, high], "population": len(population), "not_run": missing,
             "population_pck": {"min": min(population), "median": float(np.median(population)),
                                "max": max(population)},
             "rows": rows, "summary": summary}
@@ -203,6 +209,8 @@ def render(result: dict, q: QualitySettings, *, command: str, machine: str) -> s
                         else "- | - |")
                      + f" {r['evaluations'] if r['evaluations'] is not None else '-'} | "
                      + (f"{r['search_seconds']:.0f} |" if r["search_seconds"] else "- |"))
+    if result.get("not_run"):
+        lines += ["", f"Not run yet: {', '.join(result['not_run'])}."]
     lines += ["", "| strategy | seeds | mean percentile | mean PCK@0.2 | target |",
               "|---|---|---|---|---|"]
     for strategy, s in result["summary"].items():
