@@ -181,8 +181,6 @@ def op_models(rows: Sequence, batch: int = 1, dtype: str = "fp32",
     batch of n exported rows."""
     from onnx.utils import Extractor
 
-    from supernets.ops import build_op
-
     _dtype(dtype)
     models, todo = {}, []
     for row in rows:
@@ -198,15 +196,10 @@ def op_models(rows: Sequence, batch: int = 1, dtype: str = "fp32",
         for i, (row, key) in enumerate(part):
             with torch.random.fork_rng():
                 torch.manual_seed(_seed(key))
-                ops.append(build_op(row.op, row.in_chs, row.out_chs, row.stride,
-                                    low_chs=row.low_chs or None).eval())
-            x = torch.zeros(batch, row.in_chs, *row.in_hw)
-            if row.low_chs:   # a segmentation head: inputs x and low
-                xs.append((x, torch.zeros(batch, row.low_chs, *row.low_hw)))
-                inputs.append([f"x{i}", f"low{i}"])
-            else:
-                xs.append(x)
-                inputs.append([f"x{i}"])
+                ops.append(row.build().eval())
+            x = tuple(torch.zeros_like(t) for t in row.inputs(batch))
+            xs.append(x if row.low_chs else x[0])   # a segmentation head: inputs x and low
+            inputs.append([f"x{i}", f"low{i}"][:len(x)])
         program = export_onnx(_Ops(ops), (tuple(xs),), [n for names in inputs for n in names],
                               [f"y{i}" for i in range(len(part))])
         kept = {v.name for v in program.model_proto.graph.input}   # an unused input is dropped

@@ -285,10 +285,8 @@ class LatencyTable:
             raise ValueError("no path to save the table to")
         rows = self.rows[COLUMNS + [c for c in LOW_COLUMNS if c in self.rows.columns]]
         if "low_chs" in rows.columns:   # rows without a low-level feature: 0, not NaN
-            rows = rows.astype({c: "int64" for c in LOW_COLUMNS}, copy=False) \
-                if not rows[LOW_COLUMNS].isna().any().any() \
-                else rows.fillna({c: 0 for c in LOW_COLUMNS}).astype({c: "int64"
-                                                                      for c in LOW_COLUMNS})
+            rows = rows.fillna({c: 0 for c in LOW_COLUMNS}).astype({c: "int64"
+                                                                    for c in LOW_COLUMNS})
         arrow = pa.Table.from_pandas(rows, preserve_index=False)
         metadata = dict(arrow.schema.metadata or {})
         metadata[META_KEY] = json.dumps(self.meta, default=str).encode()

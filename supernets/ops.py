@@ -62,7 +62,6 @@ __all__ = [
     "op_kind",
     "parse_seg_head",
     "seg_head_name",
-    "takes_low",
 ]
 
 OpFactory = Callable[[int, int, int], nn.Module]
@@ -343,11 +342,6 @@ def op_kind(name: str) -> str:
     if is_seg_head(name):
         return "seghead"
     raise KeyError(name)
-
-
-def takes_low(name: str) -> bool:
-    """Whether op ``name`` takes a low-level feature besides its input (``forward(x, low)``)."""
-    return is_seg_head(name)
 
 
 def build_op(name: str, in_chs: int, out_chs: int, stride: int,

@@ -92,6 +92,8 @@ class SuperNet(nn.Module):
         self.space_layers = space.layers()
         self.labels = [layer.label for layer in self.space_layers]
         self.mixed = nn.ModuleList(MixedLayer(layer) for layer in self.space_layers)
+        # layers whose output a segmentation head also takes (its low-level feature)
+        self.kept = {layer.low_from for layer in self.space_layers if layer.low_from is not None}
 
     @property
     def choice_layers(self) -> list[SpaceLayer]:
@@ -100,12 +102,11 @@ class SuperNet(nn.Module):
     def forward(self, x: Tensor, mixes: Mapping[str, Mix]) -> Tensor:
         """``mixes[label]`` for every searchable label; fixed layers need none."""
         xs: dict[int, Activation] = {x.shape[1]: (x, 1.0)}
-        kept = {layer.low_from for layer in self.space_layers if layer.low_from is not None}
         features: dict[str, Tensor] = {}
         for layer, mixed in zip(self.space_layers, self.mixed, strict=True):
             mix = mixes[layer.label] if layer.searchable else ((0, 1.0),)
             xs = mixed(xs, mix, features.get(layer.low_from) if layer.low_from else None)
-            if layer.label in kept:
+            if layer.label in self.kept:
                 # a low-level feature comes from a layer of fixed width (a backbone block)
                 ((features[layer.label], _),) = xs.values()
         ((out, _),) = xs.values()

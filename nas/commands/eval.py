@@ -90,13 +90,14 @@ def latency_score(spec, model, miou: float, args) -> dict:
     """Score = mIoU x W(T) with T measured here at each of ``SCORE_BATCHES`` (per image), and
     with the FLOPs-proportional T of the same model."""
     from lut.bench import BenchModel, bench
+    from lut.fingerprint import describe
     from lut.timing import TimingConfig
     from nas.tasks.seg.score import FLOPS_REFERENCE, flops_latency_ms, latency_weight, score
     from supernets.flops import complexity
 
     timing = TimingConfig(rounds=args.rounds) if args.rounds else None
     m = BenchModel(spec.name, "checkpoint", spec, tuple(spec.skeleton.input_size),
-                   torch_model=model.float().cpu() if args.device == "cpu" else model)
+                   torch_model=model)
     measured = []
     for batch in SCORE_BATCHES:
         r = bench(m, args.device, batch=batch, threads=args.threads, timing=timing,
@@ -108,8 +109,6 @@ def latency_score(spec, model, miou: float, args) -> dict:
     gflops = complexity(spec).flops / 1e9
     guess = flops_latency_ms(gflops)
     name, ref_gflops, ref_ms = FLOPS_REFERENCE
-    from lut.fingerprint import describe
-
     return {"miou": miou, "measured": measured, "device": r["device"],
             "machine": describe(r["fingerprint"]), "threads": r["threads"],
             "flops": {"gflops": gflops, "t_ms": guess, "w": latency_weight(guess),

@@ -74,12 +74,12 @@ class OneShotConfig:
     input_size: tuple[int, int] | None = None
     num_joints: int | None = None
     device: str | None = None
-    task: str | None = None              # None: pose
 
     @property
     def task_obj(self):
+        """The task of the space's networks (pose, seg)."""
         from nas.tasks import get_task
-        return get_task(self.task or "pose")
+        return get_task(self.space_obj().skeleton.task)
 
     def __post_init__(self):
         if self.rule not in RULES:
@@ -117,19 +117,19 @@ class OneShotConfig:
         return torch.device(self.device or "cpu")
 
 
-_LATER_FIELDS = ("input_size", "num_joints", "device", "task")
+_LATER_FIELDS = ("input_size", "num_joints", "device")
 
 
 def split_datasets(space: SearchSpace, data: str | None, *, seed: int, arch_split: float,
                    batch_size: int, train_samples: int = 1024, augment: bool = True,
-                   limit: int | None = None, task: str = "pose"):
+                   limit: int | None = None):
     """The search's split of the training data: ``(dataset, weight part, architecture part)``,
     the parts as index lists into the training split (augmented or not); ``limit``: at most
-    that many training images (smoke runs). The task's reader refuses data whose outputs do not
-    match the space's (e.g. another joint count)."""
+    that many training images (smoke runs). The reader of the space's task refuses data whose
+    outputs do not match the space's (e.g. another joint count)."""
     from nas.tasks import get_task
 
-    full = get_task(task).make_dataset(data, "train", space.skeleton, seed=seed,
+    full = get_task(space.skeleton.task).make_dataset(data, "train", space.skeleton, seed=seed,
                                        augment=augment, limit=limit if data else train_samples,
                                        synthetic_size=train_samples)
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -149,8 +149,7 @@ class OneShotTrainer:
         self.task = cfg.task_obj
         self.dataset, self.weight_idx, self.arch_idx = split_datasets(
             self.space, cfg.data, seed=cfg.seed, arch_split=cfg.arch_split,
-            batch_size=cfg.batch_size, train_samples=cfg.train_samples, limit=cfg.limit,
-            task=self.task.name)
+            batch_size=cfg.batch_size, train_samples=cfg.train_samples, limit=cfg.limit)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.supernet = SuperNet(self.space).to(cfg.torch_device,
@@ -352,8 +351,7 @@ class PathScorer:
         self.task = cfg.task_obj
         augmented, weight_idx, arch_idx = split_datasets(
             space, cfg.data, seed=cfg.seed, arch_split=cfg.arch_split,
-            batch_size=cfg.batch_size, train_samples=cfg.train_samples, limit=cfg.limit,
-            task=self.task.name)
+            batch_size=cfg.batch_size, train_samples=cfg.train_samples, limit=cfg.limit)
         g = torch.Generator().manual_seed(seed * 104_729 + 5)
         n_bn = min(len(weight_idx), bn_batches * cfg.batch_size)
         bn_idx = [weight_idx[i] for i in torch.randperm(len(weight_idx), generator=g)[:n_bn]]
@@ -361,7 +359,7 @@ class PathScorer:
         self.bn = batches(augmented, bn_idx, cfg.batch_size, self.device, 0)
         plain, _, _ = split_datasets(space, cfg.data, seed=cfg.seed, arch_split=cfg.arch_split,
                                      batch_size=cfg.batch_size, train_samples=cfg.train_samples,
-                                     augment=False, limit=cfg.limit, task=self.task.name)
+                                     augment=False, limit=cfg.limit)
         self.held_out = torch.utils.data.Subset(plain, sorted(arch_idx)[:images])
 
     @torch.no_grad()

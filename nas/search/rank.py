@@ -81,9 +81,9 @@ def _norm_layers(module: torch.nn.Module) -> list[torch.nn.modules.batchnorm._Ba
 @torch.no_grad()
 def score(supernet, spec: ArchSpec, bn_batches: list[dict], score_batches: list[dict],
           loss_fn: Callable[..., torch.Tensor]) -> float:
-    """Mean task loss (``loss_fn(output, batch)``) of ``spec``'s path through ``supernet`` on ``score_batches``, after
-    recomputing BatchNorm statistics on ``bn_batches``. The supernet's own statistics and mode
-    are restored afterwards."""
+    """Mean task loss (``loss_fn(output, batch)``) of ``spec``'s path through ``supernet`` on
+    ``score_batches``, after recomputing BatchNorm statistics on ``bn_batches``. The supernet's
+    own statistics and mode are restored afterwards."""
     mixes = supernet.fixed_mixes(spec)
     norms = _norm_layers(supernet)
     saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(),

@@ -125,7 +125,7 @@ def _datasets(cfg: SearchConfig, space: SearchSpace):
 
     full, weight_idx, arch_idx = split_datasets(
         space, cfg.data, seed=cfg.seed, arch_split=cfg.arch_split, batch_size=cfg.batch_size,
-        train_samples=cfg.train_samples, task=cfg.task)
+        train_samples=cfg.train_samples)
     return _Subset(full, weight_idx), _Subset(full, arch_idx)
 
 

@@ -70,8 +70,7 @@ def _oneshot_config(cfg: SearchConfig, space):
                          train_samples=cfg.train_samples, seed=cfg.seed, threads=cfg.threads,
                          input_size=tuple(space.skeleton.input_size),
                          num_joints=space.skeleton.num_joints,
-                         device=None if cfg.device == "cpu" else cfg.device,
-                         task=None if cfg.task == "pose" else cfg.task)
+                         device=None if cfg.device == "cpu" else cfg.device)
 
 
 def _file_sha(path: Path) -> str:
