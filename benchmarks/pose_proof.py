@@ -40,30 +40,33 @@ Smoke run (numbers meaningless, checks the plumbing)::
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import multiprocessing
-import platform
 import shlex
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import lut as lutlib
-from lut.fingerprint import describe, fingerprint
-from lut.isolated import measure_network_isolated
-from nas.bench.posebench import draw_in_window
-from nas.search import SearchConfig, search
-from nas.train import TrainConfig, learning_rate, train
+from nas.bench.proof import (
+    ABLATION,
+    WINDOW,
+    Stages,
+    compare,
+    derivation_only,
+    machine,
+    predicted_latency,
+    recipe_of,
+    run_main,
+    search_option,
+    search_seconds,
+)
+from nas.search import SearchConfig
+from nas.train import TrainConfig
 from supernets.errors import NasError
-from supernets.fileio import write_atomic
 from supernets.flops import complexity
 from supernets.named import load_arch
-from supernets.space import PRESETS, SPACES, SearchSpace, get_space
+from supernets.space import PRESETS, SPACES, get_space
 from supernets.spec import ArchSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,21 +74,11 @@ DEFAULT_DATA = (REPO / ".." / "shared/data/lsp").resolve()
 SPACE = "efficientpose-a"      # default; always at the LSP preset (128x128, 14 joints)
 PRESET = "lsp"
 BASELINE = "mobilenetv2"
-WINDOW = (0.85, 1.0)          # predicted latency / budget of the random networks
-ABLATION = "searched-derivation-only"
 PCK_TARGET = 1.0              # searched - mobilenetv2, PCK@0.2 points
-
-
-def _option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    fields = {f.name for f in dataclasses.fields(SearchConfig)}
-    if not sep or key not in fields:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE with KEY a SearchConfig "
-                                         "field (strategy, mode, lam_control, trials, ...)")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+NAME = "pose_proof"
+# SearchConfig fields the proof sets itself (--search-option cannot)
+RESERVED = ("budget_ms", "space", "input_size", "num_joints", "data", "epochs", "rank_samples",
+            "seed", "threads")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,11 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=100,
                     help="retraining epochs, the same for every model (default %(default)s)")
     ap.add_argument("--search-epochs", type=int, default=20, help="default %(default)s")
-    ap.add_argument("--rank-samples", type=int, default=32,
-                    help="the search's --rank-samples (default %(default)s, as the committed run; "
-                         "0: derivation alone)")
+    ap.add_argument("--rank-samples", type=int,
+                    default=SearchConfig.__dataclass_fields__["rank_samples"].default,
+                    help="the search's --rank-samples (default %(default)s, nas search's; the "
+                         "first proof run used 32; 0: derivation alone)")
     ap.add_argument("--search-option", action="append", default=[], metavar="KEY=VALUE",
-                    type=_option,
+                    type=search_option(RESERVED),
                     help="a SearchConfig field for the search, repeatable, e.g. strategy=optuna, "
                          "mode=reinforce, lam_control=expected, trials=300, "
                          "supernet=runs/proxies/uniform/supernet-e20.pt (values as JSON, else "
@@ -132,144 +126,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def log(message: str) -> None:
-    print(f"[pose_proof] {message}", file=sys.stderr, flush=True)
+def settings_of(args: argparse.Namespace, lut_path: Path) -> dict:
+    """The settings the results depend on (``Stages.pin``)."""
+    return {"space": args.space, "baseline": BASELINE, "data": str(Path(args.data).resolve()),
+            "epochs": args.epochs, "search_epochs": args.search_epochs,
+            "rank_samples": args.rank_samples,
+            "search_options": dict(args.search_option),
+            "randoms": args.randoms, "batch_size": args.batch_size, "seed": args.seed,
+            "limit": args.limit, "lut": str(lut_path.resolve())}
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise NasError(f"{path}: unreadable stage output ({e}); delete it to redo the stage"
-                       ) from None
+def search_config(budget_ms: float, args: argparse.Namespace) -> SearchConfig:
+    input_size, joints = PRESETS[PRESET]
+    return SearchConfig(budget_ms=budget_ms, space=args.space, input_size=input_size,
+                        num_joints=joints, data=args.data, epochs=args.search_epochs,
+                        rank_samples=args.rank_samples, seed=args.seed, threads=args.threads,
+                        **dict(args.search_option))
 
 
-def _write_json(path: Path, obj) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-class Interrupted(Exception):
-    """A search or training run stopped on Ctrl-C after writing its checkpoint."""
-
-
-# -- settings -------------------------------------------------------------------------------
-def pin_settings(workdir: Path, args: argparse.Namespace, lut_path: Path) -> dict:
-    """The settings the results depend on; a workdir keeps the ones it was started with."""
-    settings = {"space": args.space, "baseline": BASELINE, "data": str(Path(args.data).resolve()),
-                "epochs": args.epochs, "search_epochs": args.search_epochs,
-                "rank_samples": args.rank_samples,
-                "search_options": dict(args.search_option),
-                "randoms": args.randoms, "batch_size": args.batch_size, "seed": args.seed,
-                "limit": args.limit, "lut": str(lut_path.resolve())}
-    path = workdir / "settings.json"
-    if path.exists():
-        pinned = _read_json(path)
-        pinned.setdefault("search_options", {})  # workdirs from before the option
-        differ = [k for k in settings if pinned.get(k) != settings[k]]
-        if differ:
-            k = differ[0]
-            raise NasError(f"{path}: this workdir was started with {k}={pinned.get(k)!r}, not "
-                           f"{settings[k]!r}; rerun with the same settings or choose another "
-                           "--workdir")
-    else:
-        _write_json(path, settings)
-    return settings
-
-
-# -- stage 1: the budget --------------------------------------------------------------------
-def stage_budget(workdir: Path, baseline: ArchSpec, table: lutlib.LatencyTable) -> dict:
-    """mobilenetv2's latency, measured as the search measures its derived network."""
-    path = workdir / "budget.json"
-    if path.exists():
-        return _read_json(path)
-    log(f"stage 1: measuring {baseline.name} at {baseline.skeleton.input_size} "
-        f"({table.threads} thread(s), fresh process)")
-    measured = measure_network_isolated(baseline, "cpu", batch=table.batch, dtype=table.dtype,
-                                        threads=table.threads)
-    result = {"arch": baseline.to_dict(), "budget_ms": measured["median_ms"],
-              "measured": measured}
-    _write_json(path, result)
-    return result
-
-
-# -- stage 2: the search --------------------------------------------------------------------
-def stage_search(workdir: Path, budget_ms: float, args: argparse.Namespace, lut_path: Path,
-                 progress: bool) -> dict:
-    out = workdir / "search"
-    if (out / "report.json").exists():
-        return _read_json(out / "report.json")
-    t0 = time.perf_counter()
-    if (out / "checkpoint.pt").exists() or (out / "strategy.json").exists():
-        log(f"stage 2: continuing the search in {out}")
-        report = search(None, out, lut=str(lut_path), resume=True, progress=progress)
-    else:
-        log(f"stage 2: searching {args.space} on {args.data} (train split), budget "
-            f"{budget_ms:.3f} ms, {args.search_epochs} epochs")
-        input_size, joints = PRESETS[PRESET]
-        cfg = SearchConfig(budget_ms=budget_ms, space=args.space, input_size=input_size,
-                           num_joints=joints, data=args.data, epochs=args.search_epochs,
-                           rank_samples=args.rank_samples,
-                           seed=args.seed, threads=args.threads,
-                           **dict(args.search_option))
-        report = search(cfg, out, lut=str(lut_path), progress=progress)
-    if report.get("status") == "interrupted":
-        raise Interrupted(f"search stopped; checkpoint in {out}")
-    log(f"stage 2: derived {report['arch']['name']}: predicted {report['predicted_ms']:.3f} ms, "
-        f"measured {report['measured_ms']:.3f} ms ({time.perf_counter() - t0:.0f} s)")
-    return report
-
-
-def search_seconds(out: Path, report: dict) -> float:
-    """Epoch times from the search's log plus its ranking time."""
-    log_path = out / "log.jsonl"
-    epochs = [json.loads(line)["seconds"] for line in log_path.read_text().splitlines()
-              if line.strip()] if log_path.exists() else []
-    return float(sum(epochs) + (report.get("ranking_seconds") or 0.0))
-
-
-def derivation_only(space: SearchSpace, report: dict) -> ArchSpec | None:
-    """The ablation: what derivation alone (EfficientPose's most probable architecture, fitted
-    into the window) gave before the supernet ranked it among drawn candidates; None when the
-    ranking kept it or did not run."""
-    derived = [r for r in report.get("ranking") or [] if r["source"] == "derived"]
-    if not derived or derived[0]["choices"] == report["arch"]["choices"]:
-        return None
-    return space.spec(derived[0]["choices"], f"{report['arch']['name']}-derivation-only")
-
-
-# -- stage 3: random networks ---------------------------------------------------------------
-def draw_randoms(space: SearchSpace, predictor: lutlib.LatencyPredictor, budget_ms: float,
-                 count: int, seed: int) -> dict:
-    """The first ``count`` draws whose predicted latency is inside the window.
-
-    A budget above the space's slowest network (which the search then treats as accuracy only)
-    would leave the window empty; its bottom is then taken from the slowest network instead.
-    """
-    (_, fastest_ms), (_, slowest_ms) = predictor.bounds(space)
-    low, high = WINDOW[0] * min(budget_ms, slowest_ms), WINDOW[1] * budget_ms
-    try:
-        picked, draws = draw_in_window(space, predictor, low, high, count, seed)
-    except NasError as e:
-        raise NasError(f"--randoms {count}: {e}") from None
-    return {"seed": seed, "window_ms": [low, high], "space_bounds_ms": [fastest_ms, slowest_ms],
-            "draws": draws, "randoms": [{"arch": p["spec"].to_dict(),
-                                         "predicted_ms": p["predicted_ms"], "draw": p["draw"]}
-                                        for p in picked]}
-
-
-def stage_randoms(workdir: Path, space: SearchSpace, predictor: lutlib.LatencyPredictor,
-                  budget_ms: float, count: int, seed: int) -> dict:
-    path = workdir / "randoms.json"
-    if path.exists():
-        return _read_json(path)
-    result = draw_randoms(space, predictor, budget_ms, count, seed)
-    log(f"stage 3: {count} random networks in {result['window_ms'][0]:.3f} to "
-        f"{result['window_ms'][1]:.3f} ms predicted, after {result['draws']} draws")
-    _write_json(path, result)
-    return result
-
-
-# -- stage 4: retraining --------------------------------------------------------------------
 def train_config(spec: ArchSpec, args: argparse.Namespace) -> TrainConfig:
     """The one recipe every model is retrained with (nas.train's defaults otherwise)."""
     return TrainConfig(arch=spec.to_dict(), data=args.data, epochs=args.epochs,
@@ -277,64 +151,7 @@ def train_config(spec: ArchSpec, args: argparse.Namespace) -> TrainConfig:
                        threads=args.threads, workers=args.workers)
 
 
-def stage_train(workdir: Path, key: str, spec: ArchSpec, args: argparse.Namespace,
-                progress: bool) -> dict:
-    out = workdir / "train" / key
-    if (out / "metrics.json").exists():
-        return _read_json(out / "metrics.json")
-    t0 = time.perf_counter()
-    if (out / "resume.pt").exists():
-        log(f"stage 4: continuing training of {key} ({spec.name}) in {out}")
-        report = train(None, out, resume=True, arch=spec, workers=args.workers,
-                       progress=progress)
-    else:
-        log(f"stage 4: training {key} ({spec.name}) for {args.epochs} epochs into {out}")
-        report = train(train_config(spec, args), out, progress=progress)
-    if report.get("status") == "interrupted":
-        raise Interrupted(f"training of {key} stopped; checkpoint in {out}")
-    log(f"stage 4: {key}: {report['final']['metric']} {report['final']['mean']:.2f} "
-        f"({time.perf_counter() - t0:.0f} s)")
-    return report
-
-
-# -- stage 5: latency side by side ----------------------------------------------------------
-def _measure_in_child(arch_dicts: list[dict], threads: int, batch: int, dtype: str) -> list[dict]:
-    specs = [ArchSpec.from_dict(d) for d in arch_dicts]
-    timings = lutlib.measure_networks(specs, "cpu", batch=batch, dtype=dtype, threads=threads)
-    return [t.to_dict() for t in timings]
-
-
-def stage_latency(workdir: Path, models: dict[str, ArchSpec],
-                  table: lutlib.LatencyTable) -> dict:
-    """Every model in the same interleaved rounds, in a fresh process: a process that has just
-    trained networks holds a large heap and warmed pools and reads 5-15% slower (lut.isolated)."""
-    path = workdir / "latency.json"
-    if path.exists():
-        done = _read_json(path)
-        if done.get("choices") == {k: dict(s.choices) for k, s in models.items()}:
-            return done
-        log(f"stage 5: {path} measured other networks; measuring again")
-    log(f"stage 5: measuring {len(models)} networks side by side ({table.threads} thread(s))")
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        timings = pool.submit(_measure_in_child, [s.to_dict() for s in models.values()],
-                              table.threads, table.batch, table.dtype).result()
-    result = {"device": "cpu", "threads": table.threads, "batch": table.batch,
-              "dtype": table.dtype, "timing": lutlib.TimingConfig().to_dict(),
-              "choices": {k: dict(s.choices) for k, s in models.items()},
-              "timings": dict(zip(models, timings, strict=True))}
-    _write_json(path, result)
-    return result
-
-
 # -- report ---------------------------------------------------------------------------------
-def _predicted(predictor: lutlib.LatencyPredictor, spec: ArchSpec) -> float | None:
-    """None for a network whose layers the table does not have (mobilenetv2's wider stages)."""
-    try:
-        return predictor.latency(spec)
-    except NasError:
-        return None
-
-
 def summarise(models: dict[str, ArchSpec], trained: dict[str, dict], latency: dict,
               predicted: dict[str, float | None]) -> tuple[list[dict], dict]:
     rows = []
@@ -349,23 +166,7 @@ def summarise(models: dict[str, ArchSpec], trained: dict[str, dict], latency: di
                      "macs": c.macs, "params": c.params,
                      "train_seconds": sum(h["seconds"] for h in epochs),
                      "seconds_per_epoch": float(np.mean([h["seconds"] for h in epochs]))})
-    by = {r["model"]: r for r in rows}
-    base, found = by[BASELINE], by["searched"]
-    randoms = [r for r in rows if r["model"].startswith("random")]
-    best = max(randoms, key=lambda r: r["pck"]) if randoms else None
-    gain = found["pck"] - base["pck"]
-    verdict = {
-        "pck_gain_over_baseline": gain,
-        "pck_gain_met": gain >= PCK_TARGET,
-        "latency_ratio_to_baseline": found["latency_ms"] / base["latency_ms"],
-        "latency_met": found["latency_ms"] <= base["latency_ms"],
-        "best_random": best["model"] if best else None,
-        "pck_gain_over_best_random": found["pck"] - best["pck"] if best else None,
-        "beats_best_random": found["pck"] > best["pck"] if best else None,
-    }
-    verdict["target_met"] = bool(verdict["pck_gain_met"] and verdict["latency_met"]
-                                 and verdict["beats_best_random"] is not False)
-    return rows, verdict
+    return rows, compare(rows, BASELINE, "pck", PCK_TARGET)
 
 
 def _yes(ok: bool) -> str:
@@ -478,25 +279,11 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def recipe_of(cfg: TrainConfig) -> dict:
-    schedule, prev = [], None
-    for epoch in range(cfg.epochs):
-        lr = learning_rate(cfg, epoch)
-        if lr != prev:
-            schedule.append(f"{lr:g} from epoch {epoch + 1}")
-            prev = lr
-    return {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-            "weight_decay": cfg.weight_decay, "decay_at": list(cfg.decay_at),
-            "milestones": cfg.milestones(), "decay_factor": cfg.decay_factor,
-            "lr_schedule": ", ".join(schedule), "sigma": cfg.sigma, "seed": cfg.seed,
-            "limit": cfg.limit}
-
-
 # -- main -----------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
-    progress = not args.no_progress
-    workdir = Path(args.workdir)
+    stages = Stages(Path(args.workdir), NAME, progress=not args.no_progress)
+    workdir = stages.workdir
     space = get_space(args.space, preset=PRESET)
     lut_path = Path(args.lut) if args.lut else lutlib.default_table_path(
         space, "cpu", root=REPO / "results")
@@ -506,15 +293,16 @@ def run(args: argparse.Namespace) -> dict:
                        f"--preset {PRESET}")
     table = lutlib.LatencyTable.load(lut_path)
     predictor = lutlib.LatencyPredictor(table)
-    settings = pin_settings(workdir, args, lut_path)
+    # workdirs from before --search-option have no search_options
+    settings = stages.pin(settings_of(args, lut_path), defaults={"search_options": {}})
     sk = space.skeleton
     baseline = load_arch(BASELINE, input_size=sk.input_size, num_joints=sk.num_joints)
 
-    budget = stage_budget(workdir, baseline, table)
+    budget = stages.budget(baseline, table)
     budget_ms = budget["budget_ms"]
-    log(f"budget: {BASELINE} measured {budget_ms:.3f} ms")
-    search_report = stage_search(workdir, budget_ms, args, lut_path, progress)
-    randoms = stage_randoms(workdir, space, predictor, budget_ms, args.randoms, args.seed)
+    stages.log(f"budget: {BASELINE} measured {budget_ms:.3f} ms")
+    search_report = stages.search(search_config(budget_ms, args), lut_path)
+    randoms = stages.randoms(space, predictor, budget_ms, args.randoms, args.seed)
 
     models = {BASELINE: baseline,
               "searched": ArchSpec.from_dict(search_report["arch"], where="search report")}
@@ -523,20 +311,17 @@ def run(args: argparse.Namespace) -> dict:
         models[ABLATION] = ablation
     models.update({f"random-{i + 1}": ArchSpec.from_dict(r["arch"], where="randoms.json")
                    for i, r in enumerate(randoms["randoms"])})
-    trained = {key: stage_train(workdir, key, spec, args, progress)
-               for key, spec in models.items()}
-    latency = stage_latency(workdir, models, table)
+    trained = {key: stages.train(key, train_config(spec, args)) for key, spec in models.items()}
+    latency = stages.latency(models, table)
 
-    predicted = {key: _predicted(predictor, spec) for key, spec in models.items()}
+    predicted = {key: predicted_latency(predictor, spec) for key, spec in models.items()}
     rows, verdict = summarise(models, trained, latency, predicted)
     return {
         "what": "searched network vs mobilenetv2 vs random networks of the space, LSP, this CPU",
         "target": f"searched >= {BASELINE} + {PCK_TARGET} PCK@0.2 at no more measured latency, "
                   "and above the best random network",
         "command": shlex.join(["python", *sys.argv]),
-        "machine": {"device": describe(fingerprint(torch.device("cpu"), table.threads)),
-                    "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "numpy": np.__version__},
+        "machine": machine(table),
         "settings": settings,
         "recipe": recipe_of(train_config(baseline, args)),
         "budget_ms": budget_ms,
@@ -557,25 +342,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        report = run(args)
-    except Interrupted as e:
-        log(f"{e}; run the same command again to continue")
-        return 130
-    except KeyboardInterrupt:
-        log("interrupted; finished stages are kept: run the same command again to continue")
-        return 130
-    except NasError as e:
-        print(f"pose_proof: error: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    write_atomic(out.with_suffix(".json"), json.dumps(report, indent=2, default=str) + "\n")
-    markdown = render_markdown(report)
-    write_atomic(out, markdown)
-    log(f"wrote {out} and {out.with_suffix('.json')}")
-    print(markdown)
-    return 0
+    return run_main(NAME, run, parse_args(argv), render_markdown)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Shipped spaces (``SPACES``)::
     cpu-small         16    24x2 s2, 32x3 s2, 64x3 s2, 96x2 s1          128x128  14      2
     cpu-base          8     16x4 s2, 64x16 s2                           64x64    14      1
     seg-small         16    24x2 s2, 32x3 s2, 64x3 s2, 96x2 s1          176x240  11 cls  seg
+    seg-a             16    24x4 s2, 32x6 s2, 64x8 s2, 96x8 s1          176x240  11 cls  seg
 
 A head stage chooses an upsampling op (plain, depthwise-separable or inverted residual, each with
 or without SIC) and a width: 32/64/96 in the first three spaces (two head stages, output stride
@@ -22,7 +23,11 @@ or without SIC) and a width: 32/64/96 in the first three spaces (two head stages
 ``SEG_PRESETS``) has one head choice among 42 segmentation heads (``supernets.ops``): one or two
 transposed-conv stages of each of the six head ops (output stride 16 -> 8 or 4), LR-ASPP and
 ASPP-lite with the DeepLabV3+ decoder, each at width 32/64/96; the two last take the output of
-``stage2`` (output stride 8) as their low-level feature.
+``stage2`` (output stride 8) as their low-level feature. ``seg-a`` is ``efficientpose-a``'s
+backbone with the same heads at widths 32/64/96/128: its range contains the segmentation
+baseline ``mobilenetv2-lraspp`` (LR-ASPP at 128), which is slower than every network of
+``seg-small`` (51 ms against 46 ms at most at 176x240 on the 2-core AMD EPYC machine), so that
+its latency is a real budget there (``benchmarks/seg_proof.py --space seg-a``).
 
 ``cpu-base`` is the default of ``nas search``: a CPU-scale space whose range is wide at both
 ends, so that one budget (the README's 3 ms) lies inside it on slow and fast CPUs alike. Its
@@ -212,6 +217,8 @@ SPACES: dict[str, SearchSpace] = {
         _space("cpu-base", 8, [(16, 4, 2), (64, 16, 2)], "lsp", input_size=(64, 64),
                head_stages=1, head_widths=(16, 32, 64, 128, 192)),
         _seg_space("seg-small", 16, [(24, 2, 2), (32, 3, 2), (64, 3, 2), (96, 2, 1)], "camvid"),
+        _seg_space("seg-a", 16, [(24, 4, 2), (32, 6, 2), (64, 8, 2), (96, 8, 1)], "camvid",
+                   head_widths=(32, 64, 96, 128)),
     ]
 }
 

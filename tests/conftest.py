@@ -25,3 +25,17 @@ def macs_table(space, folder):
     path = folder / "macs.parquet"
     LatencyTable.from_rows(space, rows).save(path)
     return path
+
+
+def stand_in_probe(monkeypatch, ratio: float = 1.0, fastest_ms: float | None = None):
+    """The table is "this machine's" and its speed probe measures ``ratio``."""
+    import lut.probe
+    import lut.table
+
+    def probe(table, tolerance=lut.probe.PROBE_TOLERANCE):
+        nets = ({"role": "fastest", "name": "fastest", "stored_ms": 1.0,
+                 "measured_ms": fastest_ms or ratio, "ratio": ratio},)
+        return lut.probe.ProbeResult(str(table.path), ratio, nets, 15, 0.1, tolerance)
+
+    monkeypatch.setattr(lut.table, "_foreign_fields", lambda table: [])
+    monkeypatch.setattr(lut.probe, "probe_table", probe)

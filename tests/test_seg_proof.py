@@ -1,0 +1,239 @@
+"""benchmarks/seg_proof.py end to end on a tiny CamVid-layout folder: report, resume, refusals.
+
+Kept short: 40x56 images at a 32x48 input, a 2-epoch search on 10 images, 2 random networks,
+1 epoch at batch 2. The latency table is synthetic (row latency proportional to MACs) and
+measuring is stood in for: the budget and the search's checks return the table's prediction,
+the side-by-side stage times in this process with 2 rounds; nothing waits for a timed child.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import macs_table, stand_in_probe
+from PIL import Image
+
+import lut
+import lut.isolated
+import nas.bench.proof as proof
+from nas.tasks.seg import CAMVID
+from supernets.errors import NasError
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "seg_proof.py"
+INPUT = (32, 48)
+SPLITS = {"train": 10, "val": 3, "test": 3}
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("seg_proof_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+seg_proof = _script()
+
+
+def _png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def camvid(tmp_path_factory):
+    """SegNet's CamVid layout: <split>.txt lists, images and label maps with 11 = void."""
+    root = tmp_path_factory.mktemp("camvid")
+    rng = np.random.default_rng(0)
+    for split, count in SPLITS.items():
+        lines = []
+        for i in range(count):
+            name = f"0001TP_{split}_{i:03d}.png"
+            _png(root / split / name, rng.integers(0, 256, (40, 56, 3)))
+            _png(root / f"{split}annot" / name, rng.integers(0, 12, (40, 56)))
+            lines.append(f"/SegNet/CamVid/{split}/{name} /SegNet/CamVid/{split}annot/{name}")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def space():
+    return seg_proof.get_space("seg-small", preset="camvid", input_size=INPUT)
+
+
+@pytest.fixture(scope="module")
+def lut_path(space, tmp_path_factory):
+    return macs_table(space, tmp_path_factory.mktemp("lut"))
+
+
+@pytest.fixture
+def measured(monkeypatch, space, lut_path):
+    """The table is this machine's; a network in the space measures what the table predicts,
+    the baseline (not in the space) half-way between the space's fastest and slowest networks,
+    so that the budget has a window inside the space."""
+    stand_in_probe(monkeypatch)
+    predictor = lut.LatencyPredictor(lut.LatencyTable.load(lut_path))
+    (_, fast), (_, slow) = predictor.bounds(space)
+    calls = []
+
+    def fake_isolated(spec, device="cpu", **kwargs):
+        calls.append(spec.name)
+        ms = proof.predicted_latency(predictor, spec) or (fast + slow) / 2
+        return {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "samples": 1, "device": device}
+
+    def in_process(specs, threads, dtype, batches):
+        calls.append("side by side")
+        timing = lut.TimingConfig(rounds=2, warmup_calls=1, retries=0)
+        return {b: [t.to_dict() for t in lut.measure_networks(specs, "cpu", batch=b, dtype=dtype,
+                                                               threads=threads, timing=timing)]
+                for b in batches}
+
+    monkeypatch.setattr(proof, "measure_network_isolated", fake_isolated)
+    monkeypatch.setattr(lut.isolated, "measure_network_isolated", fake_isolated)
+    monkeypatch.setattr(proof, "measure_side_by_side", in_process)
+    return calls
+
+
+def argv(camvid, lut_path, workdir, *extra):
+    return ["--data", str(camvid), "--space", "seg-small", "--input", "32x48", "--epochs", "1",
+            "--search-epochs", "2", "--search-option", "batch_size=4",
+            "--search-option", "rank_samples=0", "--randoms", "2", "--batch-size", "2",
+            "--limit", "4", "--threads", "1", "--workers", "0", "--lut", str(lut_path),
+            "--workdir", str(workdir), "--out", str(workdir / "report.md"), "--no-progress",
+            *extra]
+
+
+def ctrl_c_in_first_training(monkeypatch):
+    """Ctrl-C after the first training step of the first model (the trainer then writes its
+    checkpoint and stops, as on a real SIGINT)."""
+    real, calls = proof.train, []
+
+    def train(cfg, out, **kwargs):
+        calls.append(out)
+        if len(calls) == 1:
+            kwargs["on_step"] = lambda trainer: trainer.request_stop()
+        return real(cfg, out, **kwargs)
+
+    monkeypatch.setattr(proof, "train", train)
+
+
+def test_proof_end_to_end_then_resumed_then_refused(camvid, lut_path, measured, tmp_path,
+                                                    capsys, monkeypatch):
+    workdir = tmp_path / "proof"
+    ctrl_c_in_first_training(monkeypatch)
+    code = seg_proof.main(argv(camvid, lut_path, workdir))
+    captured = capsys.readouterr()
+    assert code == 130 and captured.out == ""
+    assert "training of mobilenetv2-lraspp stopped; checkpoint in" in captured.err
+    assert "run the same command again to continue" in captured.err
+    for name in ("budget.json", "search/report.json", "randoms.json",
+                 "train/mobilenetv2-lraspp/resume.pt"):
+        assert (workdir / name).is_file(), name
+    assert not (workdir / "train/mobilenetv2-lraspp/metrics.json").exists()
+
+    # the same command continues: the killed training from its checkpoint, nothing redone
+    code = seg_proof.main(argv(camvid, lut_path, workdir, "--json"))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "continuing training of mobilenetv2-lraspp" in captured.err
+    assert "stage 1" not in captured.err and "stage 2" not in captured.err
+    report = json.loads(captured.out)       # --json: one object on stdout
+    models = ["mobilenetv2-lraspp", "searched", "random-1", "random-2"]
+    assert [r["model"] for r in report["rows"]] == models
+    for r in report["rows"]:
+        assert 0 <= r["miou"] <= 100 and r["test_samples"] == SPLITS["test"]
+        assert set(r["per_class"]) == set(CAMVID.class_names)
+        assert r["latency_ms"] > 0 and r["latency_b16_ms"] > 0
+        assert r["score"]["batch1"]["score"] == pytest.approx(
+            r["miou"] * seg_proof.latency_weight(r["latency_ms"]))
+        assert r["score"]["flops"]["t_ms"] == pytest.approx(
+            seg_proof.flops_latency_ms(r["gflops"]))
+    assert report["rows"][0]["predicted_ms"] is None          # the baseline is not in the space
+    budget = report["budget_ms"]
+    low, high = report["randoms"]["window_ms"]
+    assert (low, high) == pytest.approx((0.85 * budget, budget))
+    assert all(low <= r["predicted_ms"] <= high for r in report["randoms"]["randoms"])
+    assert report["settings"]["input_size"] == list(INPUT)
+    assert report["data"] == {**SPLITS, "image_size": [40, 56]}
+    assert set(report["verdict"]) >= {"miou_gain_over_baseline", "latency_met",
+                                      "beats_best_random", "target_met"}
+    for name in ("settings.json", "budget.json", "search/report.json", "randoms.json",
+                 "latency.json", *(f"train/{m}/{f}" for m in models
+                                   for f in ("metrics.json", "test.json"))):
+        assert (workdir / name).is_file(), name
+    markdown = (workdir / "report.md").read_text()
+    assert json.loads((workdir / "report.json").read_text())["rows"] == report["rows"]
+    assert "**Smoke run (--limit 4)" in markdown and "## Verdict" in markdown
+    assert "## Per-class IoU" in markdown and "## Score" in markdown
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    for r in report["rows"]:
+        row = next(line for line in table if line.startswith(f"| {r['model']}"))
+        assert f"{r['miou']:.2f}" in row and f"{r['latency_ms']:.3f}" in row
+        assert f"{r['score']['batch1']['score']:.2f}" in row
+    assert ("**Target met.**" in markdown) == report["verdict"]["target_met"]
+
+    # and again: every stage's output is reused, nothing trained or measured
+    outputs = {p: p.read_bytes() for p in workdir.rglob("*.json") if p.parent != workdir
+               or p.name != "report.json"}
+    measured.clear()
+    code = seg_proof.main(argv(camvid, lut_path, workdir))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert measured == [] and "stage" not in captured.err
+    assert captured.out.startswith("# Proof: searched network vs mobilenetv2-lraspp")
+    assert {p: p.read_bytes() for p in outputs} == outputs
+
+    # other settings in the same workdir: refused in one line, nothing written
+    code = seg_proof.main(argv(camvid, lut_path, workdir, "--epochs", "2"))
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith("seg_proof: error: ") and "settings.json" in captured.err
+    assert "epochs=1, not 2" in captured.err
+
+
+def test_missing_data_is_one_line_naming_the_path(lut_path, tmp_path, capsys):
+    missing = tmp_path / "no-camvid"
+    code = seg_proof.main(argv(missing, lut_path, tmp_path / "proof"))
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith(f"seg_proof: error: --data {missing}: ")
+    assert not (tmp_path / "proof").exists()
+
+
+def test_a_missing_table_is_built_into_this_machines_folder(space, tmp_path, monkeypatch):
+    built = []
+
+    def fake_build(space_, device, *, out, progress):
+        built.append((space_.skeleton.input_size, device))
+        return macs_table(space_, out.parent).rename(out)
+
+    monkeypatch.setattr(seg_proof, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(lut, "build_table", fake_build)
+    path = seg_proof.table_path(space, None)
+    assert path.is_relative_to(tmp_path / "results" / "lut")
+    assert path.name == "seg-small-32x48-b1-fp32.parquet"
+    stages = proof.Stages(tmp_path / "proof", "seg_proof", progress=False)
+    assert seg_proof.stage_table(stages, space, path, given=False) == path and path.is_file()
+    assert seg_proof.stage_table(stages, space, path, given=False) == path
+    assert built == [(INPUT, "cpu")]                          # built once, then found
+    with pytest.raises(NasError, match="--lut .*: no such table"):
+        seg_proof.stage_table(stages, space, tmp_path / "other.parquet", given=True)
+
+
+def test_smoke_run_cannot_write_the_proofs_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    code = seg_proof.main(["--limit", "4", "--workdir", str(tmp_path / "proof")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.err.count("\n") == 1
+    assert "a smoke run cannot write the proof's report" in captured.err
+    assert not (tmp_path / "proof").exists()
+
+
+def test_search_options_the_proof_sets_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        seg_proof.parse_args(["--search-option", "budget_ms=3"])
+    assert "the proof sets budget_ms itself" in capsys.readouterr().err
