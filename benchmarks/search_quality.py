@@ -8,7 +8,7 @@ evaluations to ``results/benchmarks/search_quality.md`` (and ``.json``). See
 
     python benchmarks/search_quality.py [--strategies differentiable,optuna,random] \\
         [--seeds 0,1,2] [--trials 300] [--supernet runs/proxies/uniform/supernet-e20.pt] \\
-        [--workers 2] [--workdir runs/search_quality] [--finished-only] [--json]
+        [--workers 2] [--workdir runs/search_quality] [--finished-only] [--fidelity] [--json]
 
 Resumable: searches resume in their folders, finished ones are read back, picks train with
 per-epoch checkpoints (Ctrl-C stops; the same command continues).
@@ -61,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--finished-only", action="store_true",
                     help="report the searches that have finished (their picks trained if "
                          "needed), start none")
+    ap.add_argument("--fidelity", action="store_true",
+                    help="also score the window's networks with each differentiable search's "
+                         "own supernet (Kendall tau; about 5 min a search, cached)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     args.strategies = [s.strip() for s in args.strategies.split(",")]
@@ -92,7 +95,8 @@ def main(argv=None) -> int:
         if not reports:
             raise NasError(f"no finished search in {workdir} among "
                            f"{', '.join(q.strategies)} x seeds {q.seeds}")
-        result = sq.score(q, bench, reports, out, workdir, workers=args.workers, log=log)
+        result = sq.score(q, bench, reports, out, workdir, workers=args.workers, log=log,
+                          fidelity=args.fidelity)
     except NasError as e:
         print(f"search_quality: error: {e}", file=sys.stderr)
         return 2

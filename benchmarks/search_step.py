@@ -11,6 +11,8 @@ minus the resident size before them is the configuration's working memory.
 
     python benchmarks/search_step.py [--space cpu-small] [--batch 16] [--rounds 5] \
         [--out results/benchmarks/search_step.json]
+    python benchmarks/search_step.py --space efficientpose-a --preset lsp --threads 1 \
+        --configs largest-network,path,reinforce --out results/benchmarks/search_step_pose.json
     python benchmarks/search_step.py --space seg-small --input 88x120 --lut SEG_TABLE \
         --out results/benchmarks/search_step_seg.json      # the segmentation space
 """
@@ -28,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from supernets.fileio import write_atomic
 
 CONFIGS = {
     "largest-network": {},
@@ -84,12 +88,13 @@ def make_step(name: str, space, predictor, batch: int, seed: int = 0):
     return step
 
 
-def _setup(space_name: str, lut_path: str | None, input_size: str | None = None):
+def _setup(space_name: str, lut_path: str | None, input_size: str | None = None,
+           preset: str | None = None):
     import lut as lutlib
     from supernets.space import get_space
 
     size = tuple(int(v) for v in input_size.lower().split("x")) if input_size else None
-    space = get_space(space_name, input_size=size)
+    space = get_space(space_name, preset=preset, input_size=size)
     path = Path(lut_path) if lut_path else lutlib.default_table_path(space, "cpu")
     table = lutlib.LatencyTable.load(path, allow_foreign=True)
     return space, lutlib.LatencyPredictor(table), path
@@ -97,7 +102,7 @@ def _setup(space_name: str, lut_path: str | None, input_size: str | None = None)
 
 def child(args) -> None:
     """Subprocess: peak RSS growth of ``args.child`` over a few steps."""
-    space, predictor, _ = _setup(args.space, args.lut, args.input)
+    space, predictor, _ = _setup(args.space, args.lut, args.input, args.preset)
     step = make_step(args.child, space, predictor, args.batch)
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
@@ -118,6 +123,8 @@ def _status_kib(field: str) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--space", default="cpu-small")
+    ap.add_argument("--preset", help="a dataset preset of the space (input size and joints or "
+                                     "classes), e.g. lsp")
     ap.add_argument("--input", help="HxW instead of the space's input (a table of that size)")
     ap.add_argument("--lut")
     ap.add_argument("--batch", type=int, default=16)
@@ -133,7 +140,7 @@ def main() -> None:
         child(args)
         return
     names = args.configs.split(",")
-    space, predictor, lut_path = _setup(args.space, args.lut, args.input)
+    space, predictor, lut_path = _setup(args.space, args.lut, args.input, args.preset)
     steps = {n: make_step(n, space, predictor, args.batch) for n in names}
     for n in names:  # warm-up
         steps[n]()
@@ -151,7 +158,8 @@ def main() -> None:
                               "--batch", str(args.batch), "--threads", str(args.threads),
                               "--mem-steps", str(args.mem_steps)]
                              + (["--lut", args.lut] if args.lut else [])
-                             + (["--input", args.input] if args.input else []),
+                             + (["--input", args.input] if args.input else [])
+                             + (["--preset", args.preset] if args.preset else []),
                              capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"memory run of {n} failed:\n{out.stderr}")
@@ -173,7 +181,7 @@ def main() -> None:
         "results": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_atomic(Path(args.out), json.dumps(report, indent=2) + "\n")
     print(f"{'config':<18}{'median s':>10}{'x largest':>11}{'mem MiB':>10}{'mem x':>8}")
     for n, r in rows.items():
         print(f"{n:<18}{r['median_s']:>10.3f}{r['time_ratio']:>11.2f}"

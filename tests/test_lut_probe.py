@@ -130,7 +130,8 @@ def test_default_table_is_rebuilt_on_a_machine_twice_as_slow(tmp_path, capsys, m
     monkeypatch.setitem(lut.timing.HOST_CLOCKS, "thread", lambda: 2 * real())
     code, out, err = run(["search", "--space", "cpu-small", "--input", "64x64", "--budget",
                           "10s", "--epochs", "1", "--train-samples", "40", "--batch-size", "8",
-                          "--out", str(tmp_path / "s"), "--no-progress", "--json"], capsys)
+                          "--rank-samples", "2", "--out", str(tmp_path / "s"), "--no-progress",
+                          "--json"], capsys)
     assert code == 0, err
     assert "does not describe this machine now" in err and "building a table" in err
     after = LatencyTable.load(path).meta["probes"]["networks"]

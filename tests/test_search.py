@@ -11,7 +11,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from conftest import macs_table
+from conftest import macs_table, stand_in_probe
 
 from lut import LatencyPredictor, LatencyTable
 from nas.cli import main
@@ -22,7 +22,7 @@ from supernets.spec import ArchSpec
 
 INPUT = (64, 64)
 TINY = ["--input", "64x64", "--space", "cpu-small", "--epochs", "2", "--train-samples", "40",
-        "--batch-size", "8", "--no-progress", "--allow-foreign-lut"]
+        "--batch-size", "8", "--rank-samples", "4", "--no-progress", "--allow-foreign-lut"]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def searched(lut_path, bounds, tmp_path_factory):
     budget = fast + 0.4 * (slow - fast)
     out = tmp_path_factory.mktemp("search")
     code = main(["search", "--budget", f"{budget}ms", "--lut", str(lut_path), "--out", str(out),
-                 "--json", "--rank-samples", "16", *TINY])
+                 "--json", *TINY, "--rank-samples", "16"])
     assert code == 0
     return out, budget
 
@@ -94,12 +94,14 @@ def test_search_writes_arch_report_logs_plot(searched, space):
 def test_search_json_prints_one_object(lut_path, bounds, tmp_path, capsys):
     fast, slow = bounds
     code, out, _ = run(["search", "--budget", f"{(fast + slow) / 2}ms", "--lut", str(lut_path),
-                        "--out", str(tmp_path / "s"), "--json", *TINY], capsys)
+                        "--out", str(tmp_path / "s"), "--json", *TINY, "--rank-samples", "0"],
+                       capsys)
     assert code == 0
     report = json.loads(out)
     assert report["out"] == str(tmp_path / "s") and "predicted_ms" in report
-    # no ranking unless asked for: derivation's network
+    # --rank-samples 0: derivation's network, no ranking
     assert report["ranking"] is None and report["selected_by"] == "derivation"
+    assert report["config"]["mode"] == "reinforce" and report["config"]["arch_lr"] == 0.05
 
 
 def test_budget_below_fastest_stops_before_training(lut_path, bounds, tmp_path, capsys):
@@ -128,7 +130,7 @@ def test_resume_after_interruption_gives_the_same_architecture(mode, lut_path, b
     fast, slow = bounds
     cfg = dict(budget_ms=fast + 0.5 * (slow - fast), space="cpu-small", input_size=INPUT,
                epochs=3, warmup_epochs=1, train_samples=40, batch_size=8, seed=3, mode=mode,
-               lam_control="expected" if mode == "reinforce" else "argmax")
+               lam_control="expected" if mode == "reinforce" else "argmax", rank_samples=4)
     kw = dict(lut=str(lut_path), allow_foreign_lut=True, progress=False)
     full = search(SearchConfig(**cfg), tmp_path / "full", **kw)
 
@@ -176,20 +178,6 @@ def test_resume_from_corrupt_checkpoint(tmp_path, capsys):
     assert code == 2 and "no search checkpoint" in err
 
 
-def stand_in_probe(monkeypatch, ratio: float = 1.0, fastest_ms: float | None = None):
-    """The table is "this machine's" and its speed probe measures ``ratio``."""
-    import lut.probe
-    import lut.table
-
-    def probe(table, tolerance=lut.probe.PROBE_TOLERANCE):
-        nets = ({"role": "fastest", "name": "fastest", "stored_ms": 1.0,
-                 "measured_ms": fastest_ms or ratio, "ratio": ratio},)
-        return lut.probe.ProbeResult(str(table.path), ratio, nets, 15, 0.1, tolerance)
-
-    monkeypatch.setattr(lut.table, "_foreign_fields", lambda table: [])
-    monkeypatch.setattr(lut.probe, "probe_table", probe)
-
-
 def test_network_measuring_over_budget_is_derived_again(lut_path, bounds, space, tmp_path,
                                                          monkeypatch):
     """The table here predicts 15% fast on every network: the first derived network measures
@@ -210,7 +198,7 @@ def test_network_measuring_over_budget_is_derived_again(lut_path, bounds, space,
     fast, slow = bounds
     budget = fast + 0.5 * (slow - fast)
     cfg = SearchConfig(budget_ms=budget, space="cpu-small", input_size=INPUT, epochs=1,
-                       train_samples=40, batch_size=8)
+                       train_samples=40, batch_size=8, rank_samples=4)
     report = search(cfg, tmp_path / "s", lut=str(lut_path), progress=False)
     checks = report["measure_checks"]
     assert len(checks) == len(measured) == 2
@@ -315,7 +303,7 @@ def test_network_within_noise_of_the_budget_passes(lut_path, bounds, tmp_path, m
     stand_in_probe(monkeypatch)
     monkeypatch.setattr(lut.isolated, "measure_network_isolated", fake_measure)
     cfg = SearchConfig(budget_ms=budget, space="cpu-small", input_size=INPUT, epochs=1,
-                       train_samples=40, batch_size=8)
+                       train_samples=40, batch_size=8, rank_samples=4)
     report = search(cfg, tmp_path / "s", lut=str(lut_path), progress=False)
     assert report["verdict"] == "met_within_noise" and (tmp_path / "s" / "arch.json").exists()
 
@@ -457,7 +445,7 @@ def test_search_in_onnxruntime_measures_its_checks_there(lut_path, bounds, tmp_p
     stand_in_probe(monkeypatch)
     monkeypatch.setattr(lut.isolated, "measure_network_isolated", fake_measure)
     cfg = SearchConfig(budget_ms=budget, space="cpu-small", input_size=INPUT, epochs=1,
-                       train_samples=40, batch_size=8)
+                       train_samples=40, batch_size=8, rank_samples=4)
     report = search(cfg, tmp_path / "s", lut=str(ort_path), progress=False)
     assert runtimes == [ort] and report["verdict"] == "met"
     assert report["config"]["runtime"] == "onnxruntime"

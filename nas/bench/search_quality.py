@@ -15,6 +15,7 @@ Searches run in ``workdir/<strategy>-s<seed>`` and resume there; picks train in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,8 +33,22 @@ __all__ = ["VARIANTS", "QualitySettings", "percentile", "run_searches", "score"]
 # what each name in --strategies runs: a strategy of ``nas search`` and its settings
 VARIANTS = {
     "differentiable": {"strategy": "differentiable"},          # the default as it stands
+    # the default before: path mode, lambda by the argmax network; ranked among 32 draws (the
+    # LSP proof's search, results/benchmarks/pose_proof_runs/search, is its seed 0)
+    "path-rank": {"strategy": "differentiable", "mode": "path", "lam_control": "argmax",
+                  "arch_lr": 0.01, "rank_samples": 32},
     "reinforce": {"strategy": "differentiable", "mode": "reinforce", "lam_control": "expected",
-                  "arch_lr": 0.05},
+                  "arch_lr": 0.05, "rank_samples": 0},
+    # the same search, its pick then chosen among 48 draws from the learned probabilities by
+    # the supernet's held-out loss (nas.search.rank), the proxy results/posebench found best
+    "reinforce-rank": {"strategy": "differentiable", "mode": "reinforce",
+                       "lam_control": "expected", "arch_lr": 0.05, "rank_samples": 48},
+    # the same at 10 epochs (5 of warm-up): a supernet trained 5 to 10 epochs ranks the ground
+    # truth best (results/posebench/proxies.md: tau 0.665), the 40-epoch one of these searches
+    # at tau 0.36
+    "reinforce-rank-e10": {"strategy": "differentiable", "mode": "reinforce",
+                           "lam_control": "expected", "arch_lr": 0.05, "rank_samples": 48,
+                           "epochs": 10},
     "optuna": {"strategy": "optuna"},
     "random": {"strategy": "random"},
 }
@@ -70,7 +85,8 @@ def search_config(q: QualitySettings, bench: pb.BenchSettings, strategy: str, se
               "num_joints": space.skeleton.num_joints, "data": bench.data, "seed": seed,
               "threads": q.threads, **variant}
     if variant["strategy"] == "differentiable":
-        return SearchConfig(**common, epochs=q.search_epochs, **q.differentiable)
+        common.setdefault("epochs", q.search_epochs)    # a variant's own epochs first
+        return SearchConfig(**common, **q.differentiable)
     if not q.supernet:
         raise NasError(f"--strategy {strategy}: give the trained supernet to search over "
                        "(--supernet, e.g. runs/proxies/uniform/supernet-e20.pt)")
@@ -122,8 +138,54 @@ def _choices_key(choices: dict) -> str:
     return json.dumps(dict(sorted(choices.items())), separators=(",", ":"))
 
 
+def supernet_fidelity(folder: Path, bench: pb.BenchSettings, inside, cache: Path,
+                      log=print) -> dict | None:
+    """How well a finished differentiable search's own supernet ranks the ground truth: every
+    table network of the window scored as ``results/posebench/proxies.md`` scores them
+    (``nas.search.oneshot.PathScorer``: BatchNorm recomputed per path, heatmap loss on 200
+    held-out training images of the search's architecture split), Kendall tau of -loss against
+    PCK@0.2, and the ground-truth percentile of the network it scores best. Cached in
+    the folder ``cache`` by the checkpoint's hash; None when the search left no checkpoint."""
+    import hashlib
+
+    import torch
+    from scipy.stats import kendalltau
+
+    from nas.search.oneshot import OneShotConfig, PathScorer
+    from nas.search.searcher import SearchConfig, load_checkpoint
+    from supernets.supernet import SuperNet
+
+    ckpt = folder / "checkpoint.pt"
+    if not ckpt.is_file():
+        return None
+    with ckpt.open("rb") as f:     # a search continued from another's checkpoint shares its cache
+        cache = cache / f"{hashlib.file_digest(f, 'sha1').hexdigest()[:16]}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    log(f"scoring the {len(inside)} networks of the window with {ckpt}'s supernet")
+    state = load_checkpoint(ckpt)
+    scfg = SearchConfig(**state["config"])
+    cfg = OneShotConfig(space=scfg.space, preset=bench.preset, data=scfg.data, rule="uniform",
+                        epochs=1, seed=scfg.seed, batch_size=scfg.batch_size,
+                        arch_split=scfg.arch_split, threads=scfg.threads)
+    supernet = SuperNet(cfg.space_obj()).to(memory_format=torch.channels_last)
+    supernet.load_state_dict(state["supernet"])
+    scorer = PathScorer(supernet, cfg)
+    losses = {k: scorer.score(ArchSpec.from_dict(json.loads(a)))["loss"]
+              for k, a in zip(inside["key"], inside["arch"], strict=True)}
+    pck = dict(zip(inside["key"], inside["pck"], strict=True))
+    keys = list(losses)
+    best = min(keys, key=losses.get)
+    result = {"checkpoint": str(ckpt), "epochs": scfg.epochs, "losses": losses,
+              "kendall_tau": float(kendalltau([-losses[k] for k in keys],
+                                              [pck[k] for k in keys])[0]),
+              "best": best, "best_percentile": percentile(pck[best], list(pck.values()))}
+    write_atomic(cache, json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def score(q: QualitySettings, bench: pb.BenchSettings, reports: dict[str, dict], out: Path,
-          workdir: Path, *, workers: int = 1, log=print) -> dict:
+          workdir: Path, *, workers: int = 1, log=print, fidelity: bool = False) -> dict:
     """Every pick's ground-truth PCK (looked up, else trained with the table's recipe) and its
     percentile among the table's networks of the window; the summary by strategy."""
     table = pb.load_table(pb.REPO / "results" / "posebench")
@@ -162,7 +224,10 @@ def score(q: QualitySettings, bench: pb.BenchSettings, reports: dict[str, dict],
             "pck": pck, "percentile": percentile(pck, population) if pck is not None else None,
             "proxy_loss": (r.get("proxy") or {}).get("loss", r.get("proxy_loss")),
             "evaluations": search.get("evaluations", (r.get("config") or {}).get("rank_samples")),
-            "search_seconds": _search_seconds(r),
+            "search_seconds": _search_seconds(r, workdir / key),
+            "supernet": supernet_fidelity(workdir / key, bench, inside, out / "fidelity",
+                                          log=log)
+            if fidelity and strategy not in ("optuna", "random") else None,
             "choices": dict(p["spec"].choices)})
     summary = {}
     for strategy in q.strategies:
@@ -182,11 +247,34 @@ def score(q: QualitySettings, bench: pb.BenchSettings, reports: dict[str, dict],
             "rows": rows, "summary": summary}
 
 
-def _search_seconds(r: dict) -> float | None:
+def _search_seconds(r: dict, folder: Path) -> float | None:
+    """Search time: the supernet's training and the study (optuna, random), or the epochs of
+    the log and the ranking (differentiable; a search continued in several runs counts once)."""
     s = r.get("search")
     if s:
         return float(s.get("study_seconds", 0.0)) + float(s["supernet"].get("train_seconds", 0.0))
+    epochs = folder / "log.jsonl"
+    if epochs.is_file():
+        rows = [json.loads(line) for line in epochs.read_text().splitlines() if line.strip()]
+        return sum(float(e.get("seconds", 0.0)) for e in rows) + float(
+            r.get("ranking_seconds") or 0.0)
     return r.get("wall_seconds_this_run")
+
+
+def variant_text(name: str) -> str:
+    """A variant's settings, and whether they are the differentiable search's defaults."""
+    from nas.search.searcher import SearchConfig
+
+    variant = VARIANTS[name]
+    settings = ", ".join(f"{k}={v}" for k, v in variant.items() if k != "strategy")
+    text = f"strategy {variant['strategy']}" + (f", {settings}" if settings else "")
+    if variant["strategy"] == "differentiable":
+        defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
+        defaults["arch_lr"] = 0.05 if defaults["mode"] == "reinforce" else 1e-2
+        if all(defaults[k] == v for k, v in variant.items() if k != "epochs"):
+            text += " (the default's settings" + (
+                f" at {variant['epochs']} epochs)" if "epochs" in variant else ")")
+    return text
 
 
 def render(result: dict, q: QualitySettings, *, command: str, machine: str) -> str:
@@ -201,16 +289,28 @@ def render(result: dict, q: QualitySettings, *, command: str, machine: str) -> s
              f"the supernet {q.supernet} with {q.trials} proxy evaluations each; the "
              f"differentiable search trains its own ({q.search_epochs} epochs).", "",
              "| strategy | seed | pick | predicted ms | PCK@0.2 | percentile | proxy evals | "
-             "search s |", "|---|---|---|---|---|---|---|---|"]
+             "search s | own supernet: tau, best's percentile |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         pick = r["in_table"] or f"pick-{r['key']} (trained)"
+        own = r.get("supernet")
         lines.append(f"| {r['strategy']} | {r['seed']} | {pick} | {r['predicted_ms']:.3f} | "
                      + (f"{r['pck']:.2f} | {r['percentile']:.0f} |" if r["pck"] is not None
                         else "- | - |")
                      + f" {r['evaluations'] if r['evaluations'] is not None else '-'} | "
-                     + (f"{r['search_seconds']:.0f} |" if r["search_seconds"] else "- |"))
+                     + (f"{r['search_seconds']:.0f} |" if r["search_seconds"] else "- |")
+                     + (f" {own['kendall_tau']:.3f}, {own['best_percentile']:.0f} |" if own
+                        else " - |"))
+    if any(r.get("supernet") for r in result["rows"]):
+        lines += ["", "Own supernet: every network of the window scored by the search's final "
+                  "supernet as results/posebench/proxies.md scores them (BatchNorm recomputed "
+                  "per path, heatmap loss on 200 held-out images of the search's architecture "
+                  "split); Kendall tau against PCK@0.2, and the percentile of the network it "
+                  "scores best. The 5-epoch uniform supernet scores 0.665 there."]
     if result.get("not_run"):
         lines += ["", f"Not run yet: {', '.join(result['not_run'])}."]
+    lines += ["", "Strategies (`nas search` settings; the search's own defaults otherwise):", ""]
+    lines += [f"- {name}: {variant_text(name)}" for name in q.strategies]
     lines += ["", "| strategy | seeds | mean percentile | mean PCK@0.2 | target |",
               "|---|---|---|---|---|"]
     for strategy, s in result["summary"].items():

@@ -59,21 +59,23 @@ def register(sub) -> None:
     p.add_argument("--arch-batch-size", type=positive_int,
                    help="batch size of architecture steps (default: half the batch size)")
     p.add_argument("--train-samples", type=positive_int, help="synthetic images (default 1024)")
-    p.add_argument("--mode", choices=MODES, help="relaxation (default path)")
+    p.add_argument("--mode", choices=MODES, help="relaxation (default reinforce)")
     p.add_argument("--arch-samples", type=positive_int,
                    help="--mode reinforce: single paths scored per architecture step (default 4)")
     p.add_argument("--lam-control", choices=("argmax", "expected"),
-                   help="steer lambda by the most probable network's latency (argmax, default) "
-                        "or by the expected latency (smooth)")
+                   help="steer lambda by how far the expected latency lies outside the window "
+                        "(expected, default: a hinge, zero inside it) or by a dual step on the "
+                        "most probable network's latency (argmax)")
     p.add_argument("--lam", type=finite_float,
                    help="initial cost weight lambda (default 0.1; adapted)")
     p.add_argument("--tau", type=log_base,
                    help="log base of the cost term, cost in ms (default 15; not 1)")
-    p.add_argument("--arch-lr", type=positive_float, help="architecture Adam lr (default 1e-2)")
+    p.add_argument("--arch-lr", type=positive_float, help="architecture Adam lr (default 0.05 in "
+                   "reinforce mode, 1e-2 in the others)")
     p.add_argument("--rank-samples", type=non_negative_int,
                    help="after the search, rank the derived network and N more drawn from the "
-                        "learned probabilities by the supernet's held-out loss (default 0: "
-                        "derivation alone; e.g. 32)")
+                        "learned probabilities by the supernet's held-out loss (default 48; "
+                        "0: derivation alone)")
     g = p.add_argument_group("optuna and random strategies")
     g.add_argument("--trials", type=positive_int,
                    help="networks inside the window scored by the supernet (proxy evaluations, "

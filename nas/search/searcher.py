@@ -1,26 +1,36 @@
 """The differentiable search loop: alternating weight and architecture steps, budget targeting.
 
-Loss for the architecture step: ``task + lam * log(E[latency_ms]) / log(tau)`` where
-``E[latency_ms]`` is the latency table's calibrated expected latency under the current choice
-probabilities (``lut.LatencyPredictor.expected_latency``), differentiable in ``alpha``.
+Loss for the architecture step: ``task / running mean(task) + lam * log(E[latency_ms]) / log(tau)``
+where ``E[latency_ms]`` is the latency table's calibrated expected latency under the current
+choice probabilities (``lut.LatencyPredictor.expected_latency``), differentiable in ``alpha``.
+The task term is divided by its running mean (in reinforce mode: each path's advantage), so both
+terms are relative changes and lambda is in units of relative loss: a heatmap MSE of ~5e-3 with
+gradients ~1e-5 would otherwise be swamped by the cost term and Adam, which removes scale, would
+follow the sign of the cost gradient alone.
 
 Budget targeting (why the result lands on the budget rather than collapsing to the smallest ops,
-DenseNAS issue #18, or to parameter-free skips, DARTS's known failure): ``lam`` is a dual variable
-adapted after every architecture step from the predicted latency ``L`` of the current most
-probable architecture (what derivation starts from), relative to the budget ``B``::
+DenseNAS issue #18, or to parameter-free skips, DARTS's known failure). With ``lam_control =
+"expected"`` (default), lambda is ``lam_gain`` x how far the *expected* latency ``E`` lies outside
+the window ``[0.87, 0.97] x budget`` (positive above, negative below, zero inside): a hinge,
+smooth in ``alpha``, with no integrator to wind up, so inside the window the task term alone
+moves ``alpha``. With ``"argmax"``, lambda is a dual variable stepped after every architecture
+step by the predicted latency ``L`` of the most probable architecture::
 
-    lam += lam_step * (L/B - 0.97)   while L/B > 0.97   (over the window: cost weighs more)
-    lam += lam_step * (L/B - 0.87)   while L/B < 0.87   (under it: cost weighs less, then negative,
-                                                        which rewards latency up to the budget)
+    lam += lam_step * (L/B - 0.97)   while L/B > 0.97
+    lam += lam_step * (L/B - 0.87)   while L/B < 0.87
 
-and left alone inside the window. So the cost term pushes, either way, only as hard as needed to
-hold the most probable architecture in the window, and derivation (``nas.search.derive``) then
-picks the most probable architecture whose predicted latency is inside the window.
+which jumps as the argmax changes and was seen to cycle (12 sign changes in the LSP proof).
+Derivation (``nas.search.derive``) then fits the most probable architecture into the window,
+and, with ``rank_samples`` (default 48), that network and draws from the learned probabilities
+are ranked by the supernet's held-out loss (``nas.search.rank``).
 
-Weights and ``alpha`` are trained on two disjoint splits of the training data (80/20 by default),
-after ``warmup_epochs`` of weight-only steps. In path mode weight steps always draw paths
-uniformly (as single-path one-shot methods do), so every candidate keeps being trained and the
-ones the architecture step currently favours do not win by having had more training.
+The default mode, ``reinforce``, was chosen on the pose ground truth
+(``results/benchmarks/search_quality.md``): its architecture steps score single paths, as the
+weights are trained (``nas.search.relax``). Weights and ``alpha`` are trained on two disjoint
+splits of the training data (80/20 by default), after ``warmup_epochs`` of weight-only steps.
+Weight steps always draw paths uniformly in the path and reinforce modes (as single-path one-shot
+methods do), so every candidate keeps being trained and the ones the architecture step currently
+favours do not win by having had more training.
 
 Interruption: a checkpoint is written at the end of every epoch and, on Ctrl-C, at the next step
 boundary (a second Ctrl-C aborts at once). Every random draw comes from generators whose state is
@@ -85,13 +95,16 @@ class SearchConfig:
     arch_batch_size: int | None = None
     train_samples: int = 1024           # synthetic data: images generated for the search
     arch_split: float = 0.2             # share of the training data for architecture steps
-    mode: str = "path"                  # softmax | gumbel | path | reinforce (nas.search.relax)
+    # how alpha learns (nas.search.relax): "reinforce" (default: single paths drawn from the
+    # probabilities, scored as the weights were trained), "path", "softmax" or "gumbel". Chosen
+    # on the ground truth (results/benchmarks/search_quality.md)
+    mode: str = "reinforce"
     arch_samples: int = 4               # reinforce: single paths per architecture step
     # how lambda is steered: "argmax" (a dual variable stepped after every architecture step by
     # the most probable network's latency) or "expected" (proportional to how far E[latency]
     # lies outside the window, zero inside it: a hinge, so inside the window the task term
     # alone moves alpha, and no integrator to wind up and cycle)
-    lam_control: str = "argmax"
+    lam_control: str = "expected"
     lam_gain: float = 20.0              # expected: lambda per unit of (E[latency]/budget) outside
     drop_path: float = 0.0              # softmax/gumbel weight steps
     lam: float = 0.1                    # initial weight of the cost term (adapted, may go negative)
@@ -105,16 +118,15 @@ class SearchConfig:
     # Adam with betas (0.5, 0.999) as FNA/DenseNAS. Their lr 3e-4 is for thousands of steps (a
     # CPU-scale search has a few hundred), and their weight decay 1e-3 would swamp heatmap-MSE
     # gradients (~1e-5): the alphas would stay at zero.
-    arch_lr: float = 1e-2
+    arch_lr: float | None = None        # default: 0.05 in reinforce mode, 1e-2 in the others
     arch_weight_decay: float = 0.0
     # after the search: the derived network and rank_samples more drawn from the learned
-    # probabilities, ranked by the supernet's held-out loss (nas.search.rank). Off by default:
-    # in the LSP proof (results/benchmarks/pose_proof.md) its pick retrained 1.8 PCK@0.2 below
-    # the derivation's network, so its benefit is not shown
-    rank_samples: int = 0
+    # probabilities, ranked by the supernet's held-out loss (nas.search.rank), the proxy that
+    # ranks standalone networks best (results/posebench/proxies.md); 0: derivation alone
+    rank_samples: int = 48
     rank_images: int = 256              # architecture-split images each candidate is scored on
     rank_bn_batches: int = 8            # weight-split batches to recompute BatchNorm statistics
-    temperature: float = 5.0            # gumbel: initial temperature, x temperature_decay per epoch (FBNet)
+    temperature: float = 5.0            # gumbel: initial temperature, x decay per epoch (FBNet)
     temperature_decay: float = 0.956
     seed: int = 0
     device: str = "cpu"
@@ -208,6 +220,9 @@ class SearchConfig:
         check_float("lam_step", self.lam_step, non_negative=True)
         check_float("lam_gain", self.lam_gain, non_negative=True)
         check_float("tau", self.tau, positive=True, not_one=True)  # log(tau) divides the cost
+        if self.arch_lr is None:
+            # a score-function step is noisier and smaller than a relaxed one's
+            self.arch_lr = 0.05 if self.mode == "reinforce" else 1e-2
         for name in ("weight_lr", "arch_lr", "temperature", "temperature_decay"):
             check_float(name, getattr(self, name), positive=True)
         for name in ("weight_decay", "arch_weight_decay"):
@@ -259,7 +274,7 @@ class Searcher:
         self.step = 0
         self.history: list[dict] = []
         self.lam_trajectory: list[tuple[int, float]] = [(0, self.lam)]
-        self.loss_scale: float | None = None   # reinforce: running mean of the paths' loss
+        self.loss_scale: float | None = None   # running mean of the architecture steps' loss
         self._stop = False
         self.bounds_ms = bounds_ms  # (fastest, slowest) predicted latency of the space
         table_path = getattr(getattr(predictor, "table", None), "path", None)
@@ -301,10 +316,10 @@ class Searcher:
         return (torch.log(expected) / math.log(self.cfg.tau)).to(like.device, like.dtype)
 
     def _relative(self, task: torch.Tensor) -> torch.Tensor:
-        """``--objective score``: the task loss over its running mean, so that a step of it is
-        a relative change, the unit of log mIoU; as it is otherwise."""
-        if not self.score_objective:
-            return task
+        """The task loss over its running mean, so that the task term is in units of relative
+        loss, as the cost term is (a log): a heatmap MSE of ~5e-3 has gradients ~1e-5 that
+        lambda x d log_tau(E[latency]) / d alpha (~4e-5 at lambda 0.1) would otherwise swamp,
+        and Adam would then follow the sign of the cost gradient alone."""
         value = float(task.detach())
         self.loss_scale = value if self.loss_scale is None else \
             0.9 * self.loss_scale + 0.1 * value
