@@ -63,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "needed), start none")
     ap.add_argument("--fidelity", action="store_true",
                     help="also score the window's networks with each differentiable search's "
-                         "own supernet (Kendall tau; about 5 min a search, cached)")
+                         "own supernet (Kendall tau; about 5 min a search; cached, and cached "
+                         "figures are reported without this flag too)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     args.strategies = [s.strip() for s in args.strategies.split(",")]

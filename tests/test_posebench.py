@@ -564,3 +564,42 @@ def test_search_quality_runs_every_strategy_at_the_tables_setting():
     assert bench.window_ms[0] <= low < high <= bench.window_ms[1]
     with pytest.raises(NasError, match="--supernet"):
         search_config(QualitySettings(), bench, "random", 0)
+
+
+def test_a_searchs_own_supernet_is_scored_on_the_window_once(tmp_path):
+    """search_quality --fidelity: the window's networks scored by a finished search's supernet,
+    tau against their PCK, cached by the checkpoint's hash (a copy of the checkpoint reuses it;
+    without ``compute`` only the cache answers)."""
+    import shutil
+
+    from conftest import macs_table
+
+    from nas.bench.posebench import BenchSettings
+    from nas.bench.search_quality import supernet_fidelity
+    from nas.search import SearchConfig, search
+
+    space = get_space("cpu-small", input_size=(64, 64))
+    lut_path = macs_table(space, tmp_path)
+    cfg = SearchConfig(budget_ms=100.0, space="cpu-small", input_size=(64, 64), epochs=1,
+                       train_samples=32, batch_size=8, rank_samples=0)
+    search(cfg, tmp_path / "a", lut=str(lut_path), allow_foreign_lut=True, progress=False)
+    gen = torch.Generator().manual_seed(0)
+    specs = [space.spec({layer.label: layer.names[int(torch.randint(len(layer.names), (1,),
+                                                                    generator=gen))]
+                         for layer in space.choice_layers()}) for _ in range(4)]
+    inside = pd.DataFrame({"key": [f"net-{i}" for i in range(4)],
+                           "arch": [json.dumps(s.to_dict()) for s in specs],
+                           "pck": [10.0, 20.0, 30.0, 40.0]})
+    bench = BenchSettings(data=None, budget_ms=100.0, table=str(lut_path))
+    cache = tmp_path / "fidelity"
+    result = supernet_fidelity(tmp_path / "a", bench, inside, cache, log=lambda m: None)
+    assert set(result["losses"]) == set(inside["key"]) and -1 <= result["kendall_tau"] <= 1
+    assert result["best"] == min(result["losses"], key=result["losses"].get)
+    assert result["best_percentile"] == {"net-0": 12.5, "net-1": 37.5, "net-2": 62.5,
+                                         "net-3": 87.5}[result["best"]]
+    assert len(list(cache.glob("*.json"))) == 1
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "checkpoint.pt", tmp_path / "b" / "checkpoint.pt")
+    again = supernet_fidelity(tmp_path / "b", bench, inside, cache, compute=False)
+    assert again == result                                    # from the cache, nothing scored
+    assert supernet_fidelity(tmp_path / "c", bench, inside, cache) is None   # no checkpoint

@@ -139,13 +139,14 @@ def _choices_key(choices: dict) -> str:
 
 
 def supernet_fidelity(folder: Path, bench: pb.BenchSettings, inside, cache: Path,
-                      log=print) -> dict | None:
+                      log=print, compute: bool = True) -> dict | None:
     """How well a finished differentiable search's own supernet ranks the ground truth: every
     table network of the window scored as ``results/posebench/proxies.md`` scores them
     (``nas.search.oneshot.PathScorer``: BatchNorm recomputed per path, heatmap loss on 200
     held-out training images of the search's architecture split), Kendall tau of -loss against
-    PCK@0.2, and the ground-truth percentile of the network it scores best. Cached in
-    the folder ``cache`` by the checkpoint's hash; None when the search left no checkpoint."""
+    PCK@0.2, and the ground-truth percentile of the network it scores best. Cached in the
+    folder ``cache`` by the hash of the supernet's weights; None when the search left no
+    checkpoint or, unless ``compute``, when it is not in the cache."""
     import hashlib
 
     import torch
@@ -158,16 +159,22 @@ def supernet_fidelity(folder: Path, bench: pb.BenchSettings, inside, cache: Path
     ckpt = folder / "checkpoint.pt"
     if not ckpt.is_file():
         return None
-    with ckpt.open("rb") as f:     # a search continued from another's checkpoint shares its cache
-        cache = cache / f"{hashlib.file_digest(f, 'sha1').hexdigest()[:16]}.json"
+    state = load_checkpoint(ckpt)
+    digest = hashlib.sha1()       # by the weights: a search ranked again from a copy shares it
+    for name, tensor in sorted(state["supernet"].items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    cache = cache / f"{digest.hexdigest()[:16]}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
+    if not compute:
+        return None
     log(f"scoring the {len(inside)} networks of the window with {ckpt}'s supernet")
-    state = load_checkpoint(ckpt)
     scfg = SearchConfig(**state["config"])
     cfg = OneShotConfig(space=scfg.space, preset=bench.preset, data=scfg.data, rule="uniform",
                         epochs=1, seed=scfg.seed, batch_size=scfg.batch_size,
-                        arch_split=scfg.arch_split, threads=scfg.threads)
+                        arch_split=scfg.arch_split, train_samples=scfg.train_samples,
+                        input_size=scfg.input_size, threads=scfg.threads)
     supernet = SuperNet(cfg.space_obj()).to(memory_format=torch.channels_last)
     supernet.load_state_dict(state["supernet"])
     scorer = PathScorer(supernet, cfg)
@@ -226,8 +233,8 @@ def score(q: QualitySettings, bench: pb.BenchSettings, reports: dict[str, dict],
             "evaluations": search.get("evaluations", (r.get("config") or {}).get("rank_samples")),
             "search_seconds": _search_seconds(r, workdir / key),
             "supernet": supernet_fidelity(workdir / key, bench, inside, out / "fidelity",
-                                          log=log)
-            if fidelity and strategy not in ("optuna", "random") else None,
+                                          log=log, compute=fidelity)
+            if strategy not in ("optuna", "random") else None,
             "choices": dict(p["spec"].choices)})
     summary = {}
     for strategy in q.strategies:
