@@ -260,24 +260,23 @@ def _search_seconds(r: dict, folder: Path) -> float | None:
     s = r.get("search")
     if s:
         return float(s.get("study_seconds", 0.0)) + float(s["supernet"].get("train_seconds", 0.0))
-    epochs = folder / "log.jsonl"
-    if epochs.is_file():
-        rows = [json.loads(line) for line in epochs.read_text().splitlines() if line.strip()]
-        return sum(float(e.get("seconds", 0.0)) for e in rows) + float(
-            r.get("ranking_seconds") or 0.0)
+    if (folder / "log.jsonl").is_file():
+        from nas.bench.proof import search_seconds
+
+        return search_seconds(folder, r)
     return r.get("wall_seconds_this_run")
 
 
 def variant_text(name: str) -> str:
     """A variant's settings, and whether they are the differentiable search's defaults."""
-    from nas.search.searcher import SearchConfig
+    from nas.search.searcher import SearchConfig, default_arch_lr
 
     variant = VARIANTS[name]
     settings = ", ".join(f"{k}={v}" for k, v in variant.items() if k != "strategy")
     text = f"strategy {variant['strategy']}" + (f", {settings}" if settings else "")
     if variant["strategy"] == "differentiable":
         defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
-        defaults["arch_lr"] = 0.05 if defaults["mode"] == "reinforce" else 1e-2
+        defaults["arch_lr"] = default_arch_lr(defaults["mode"])
         if all(defaults[k] == v for k, v in variant.items() if k != "epochs"):
             text += " (the default's settings" + (
                 f" at {variant['epochs']} epochs)" if "epochs" in variant else ")")

@@ -77,6 +77,12 @@ def collate(dataset, indices: list[int], device) -> dict:
 DEFAULT_SPACES = {"pose": "cpu-base", "seg": "seg-small"}   # a search's space per task
 
 
+def default_arch_lr(mode: str) -> float:
+    """The architecture Adam lr of ``mode``: a score-function step (reinforce) is noisier and
+    smaller than a relaxed one's."""
+    return 0.05 if mode == "reinforce" else 1e-2
+
+
 @dataclass
 class SearchConfig:
     """Every setting of a search; saved in its checkpoint and report."""
@@ -221,8 +227,7 @@ class SearchConfig:
         check_float("lam_gain", self.lam_gain, non_negative=True)
         check_float("tau", self.tau, positive=True, not_one=True)  # log(tau) divides the cost
         if self.arch_lr is None:
-            # a score-function step is noisier and smaller than a relaxed one's
-            self.arch_lr = 0.05 if self.mode == "reinforce" else 1e-2
+            self.arch_lr = default_arch_lr(self.mode)
         for name in ("weight_lr", "arch_lr", "temperature", "temperature_decay"):
             check_float(name, getattr(self, name), positive=True)
         for name in ("weight_decay", "arch_weight_decay"):
