@@ -60,6 +60,7 @@ from nas.bench.proof import (
     run_main,
     search_option,
     search_seconds,
+    verdict_lines,
 )
 from nas.search import SearchConfig
 from nas.train import TrainConfig
@@ -169,10 +170,6 @@ def summarise(models: dict[str, ArchSpec], trained: dict[str, dict], latency: di
     return rows, compare(rows, BASELINE, "pck", PCK_TARGET)
 
 
-def _yes(ok: bool) -> str:
-    return "met" if ok else "**NOT met**"
-
-
 def _setup_paragraphs(report: dict) -> list[str]:
     """How the numbers were obtained, one paragraph per ingredient."""
     s, recipe, search_r = report["settings"], report["recipe"], report["search"]
@@ -240,32 +237,6 @@ def _table_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _verdict_lines(rows: list[dict], v: dict) -> list[str]:
-    by = {r["model"]: r for r in rows}
-    base, found, metric = by[BASELINE], by["searched"], rows[0]["metric"]
-    lines = [
-        (f"- searched - {BASELINE}: {v['pck_gain_over_baseline']:+.2f} {metric} "
-         f"({found['pck']:.2f} vs {base['pck']:.2f}; target >= +{PCK_TARGET:.1f}): "
-         f"{_yes(v['pck_gain_met'])}"),
-        (f"- latency: searched {found['latency_ms']:.3f} ms vs {BASELINE} "
-         f"{base['latency_ms']:.3f} ms (x{v['latency_ratio_to_baseline']:.3f}; target: no "
-         f"more): {_yes(v['latency_met'])}"),
-    ]
-    if ABLATION in by:
-        ab = by[ABLATION]
-        lines.append(f"- ablation, outside the verdict: {ABLATION} {ab['pck']:.2f} at "
-                     f"{ab['latency_ms']:.3f} ms, {ab['pck'] - base['pck']:+.2f} over {BASELINE}, "
-                     f"{ab['pck'] - found['pck']:+.2f} over the searched network")
-    if v["best_random"]:
-        best = by[v["best_random"]]
-        lines.append(f"- best random: {best['model']} {best['pck']:.2f}; searched - best random "
-                     f"{v['pck_gain_over_best_random']:+.2f}: {_yes(v['beats_best_random'])}")
-        pcks = [r["pck"] for r in rows if r["model"].startswith("random")]
-        lines.append(f"- the {len(pcks)} random networks: mean {np.mean(pcks):.2f}, "
-                     f"{min(pcks):.2f} to {max(pcks):.2f}, one training run each")
-    return lines
-
-
 def render_markdown(report: dict) -> str:
     lines = ["# Proof: searched network vs mobilenetv2 vs random networks (LSP, this CPU)", ""]
     if report["settings"]["limit"]:
@@ -274,7 +245,9 @@ def render_markdown(report: dict) -> str:
     for paragraph in _setup_paragraphs(report):
         lines += [paragraph, ""]
     lines += _table_lines(report["rows"])
-    lines += ["", "## Verdict", ""] + _verdict_lines(report["rows"], report["verdict"])
+    lines += ["", "## Verdict", ""] + verdict_lines(
+        report["rows"], report["verdict"], key="pck", label=report["rows"][0]["metric"],
+        baseline=BASELINE, target=PCK_TARGET)
     lines += ["", f"**Target {'met' if report['verdict']['target_met'] else 'NOT met'}.**", ""]
     return "\n".join(lines)
 

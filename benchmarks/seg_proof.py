@@ -72,6 +72,7 @@ from nas.bench.proof import (
     run_main,
     search_option,
     search_seconds,
+    verdict_lines,
 )
 from nas.search import SearchConfig
 from nas.tasks.seg import dataset_kind, open_seg_dataset
@@ -246,10 +247,6 @@ def summarise(models: dict[str, ArchSpec], trained: dict[str, dict], tested: dic
     return rows, compare(rows, BASELINE, "miou", MIOU_TARGET)
 
 
-def _yes(ok: bool) -> str:
-    return "met" if ok else "**NOT met**"
-
-
 def _name(r: dict) -> str:
     return r["model"] if r["model"] == r["arch"] else f"{r['model']} (`{r['arch']}`)"
 
@@ -348,32 +345,6 @@ def _score_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _verdict_lines(rows: list[dict], v: dict) -> list[str]:
-    by = {r["model"]: r for r in rows}
-    base, found = by[BASELINE], by["searched"]
-    lines = [
-        (f"- searched - {BASELINE}: {v['miou_gain_over_baseline']:+.2f} mIoU "
-         f"({found['miou']:.2f} vs {base['miou']:.2f}; target >= +{MIOU_TARGET:.1f}): "
-         f"{_yes(v['miou_gain_met'])}"),
-        (f"- latency: searched {found['latency_ms']:.3f} ms vs {BASELINE} "
-         f"{base['latency_ms']:.3f} ms (x{v['latency_ratio_to_baseline']:.3f}; target: no "
-         f"more): {_yes(v['latency_met'])}"),
-    ]
-    if ABLATION in by:
-        ab = by[ABLATION]
-        lines.append(f"- ablation, outside the verdict: {ABLATION} {ab['miou']:.2f} at "
-                     f"{ab['latency_ms']:.3f} ms, {ab['miou'] - base['miou']:+.2f} over "
-                     f"{BASELINE}, {ab['miou'] - found['miou']:+.2f} over the searched network")
-    if v["best_random"]:
-        best = by[v["best_random"]]
-        lines.append(f"- best random: {best['model']} {best['miou']:.2f}; searched - best random "
-                     f"{v['miou_gain_over_best_random']:+.2f}: {_yes(v['beats_best_random'])}")
-        mious = [r["miou"] for r in rows if r["model"].startswith("random")]
-        lines.append(f"- the {len(mious)} random networks: mean {np.mean(mious):.2f}, "
-                     f"{min(mious):.2f} to {max(mious):.2f}, one training run each")
-    return lines
-
-
 def render_markdown(report: dict) -> str:
     lines = [f"# Proof: searched network vs {BASELINE} vs random networks (CamVid, this CPU)",
              ""]
@@ -392,7 +363,8 @@ def render_markdown(report: dict) -> str:
                f"that scaling {name}'s {gflops} GFLOPs = {ms} ms gives the same network: the "
                "last column is how far that guess is off on this machine."), ""]
     lines += _score_lines(rows)
-    lines += ["", "## Verdict", ""] + _verdict_lines(rows, report["verdict"])
+    lines += ["", "## Verdict", ""] + verdict_lines(
+        rows, report["verdict"], key="miou", label="mIoU", baseline=BASELINE, target=MIOU_TARGET)
     lines += ["", f"**Target {'met' if report['verdict']['target_met'] else 'NOT met'}.**", ""]
     return "\n".join(lines)
 

@@ -50,7 +50,8 @@ from supernets.spec import ArchSpec
 
 __all__ = ["ABLATION", "WINDOW", "Interrupted", "Stages", "compare", "derivation_only",
            "draw_randoms", "machine", "measure_side_by_side", "predicted_latency", "read_json",
-           "recipe_of", "run_main", "search_option", "search_seconds", "write_json"]
+           "recipe_of", "run_main", "search_option", "search_seconds", "verdict_lines",
+           "write_json", "yes"]
 
 WINDOW = (0.85, 1.0)          # predicted latency / budget of the random networks
 ABLATION = "searched-derivation-only"
@@ -381,3 +382,36 @@ def run_main(name: str, run: Callable[[argparse.Namespace], dict], args: argpars
     log(name, f"wrote {out} and {out.with_suffix('.json')}")
     print(json.dumps(report, default=str) if print_json else markdown)
     return 0
+
+
+def yes(ok: bool) -> str:
+    return "met" if ok else "**NOT met**"
+
+
+def verdict_lines(rows: list[dict], v: dict, *, key: str, label: str, baseline: str,
+                  target: float) -> list[str]:
+    """The verdict's lines: searched vs ``baseline`` and vs the best random network by the
+    rows' ``key`` (pck, miou; the verdict's ``{key}_gain_*`` fields), printed as ``label``."""
+    by = {r["model"]: r for r in rows}
+    base, found = by[baseline], by["searched"]
+    lines = [
+        (f"- searched - {baseline}: {v[f'{key}_gain_over_baseline']:+.2f} {label} "
+         f"({found[key]:.2f} vs {base[key]:.2f}; target >= +{target:.1f}): "
+         f"{yes(v[f'{key}_gain_met'])}"),
+        (f"- latency: searched {found['latency_ms']:.3f} ms vs {baseline} "
+         f"{base['latency_ms']:.3f} ms (x{v['latency_ratio_to_baseline']:.3f}; target: no "
+         f"more): {yes(v['latency_met'])}"),
+    ]
+    if ABLATION in by:
+        ab = by[ABLATION]
+        lines.append(f"- ablation, outside the verdict: {ABLATION} {ab[key]:.2f} at "
+                     f"{ab['latency_ms']:.3f} ms, {ab[key] - base[key]:+.2f} over "
+                     f"{baseline}, {ab[key] - found[key]:+.2f} over the searched network")
+    if v["best_random"]:
+        best = by[v["best_random"]]
+        lines.append(f"- best random: {best['model']} {best[key]:.2f}; searched - best random "
+                     f"{v[f'{key}_gain_over_best_random']:+.2f}: {yes(v['beats_best_random'])}")
+        values = [r[key] for r in rows if r["model"].startswith("random")]
+        lines.append(f"- the {len(values)} random networks: mean {np.mean(values):.2f}, "
+                     f"{min(values):.2f} to {max(values):.2f}, one training run each")
+    return lines
