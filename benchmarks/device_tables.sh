@@ -6,6 +6,8 @@
 #
 # Used for the committed CUDA tables (results/lut/cuda-*/): on a GPU machine,
 #   benchmarks/device_tables.sh /tmp/out cuda efficientpose-a mpii 30
+#   benchmarks/device_tables.sh /tmp/out cuda seg-a camvid 20
+# (a space with segmentation heads is searched with --task seg, on the embedded synthetic data)
 # builds the eager table and the CUDA-graph table of efficientpose-a at 256x256, batch 1, fp32,
 # validates both on 30 random networks, times the speed probe, checks that a CPU table is
 # refused for a CUDA search, and runs a 4-epoch search on the GPU at a budget in the middle of
@@ -21,8 +23,11 @@ mkdir -p "$OUT"
 log() { echo "== $*" >&2; }
 run() { log "$*"; "$@"; }
 
-read -r HW JOINTS < <(python3 -c "from supernets.space import PRESETS
-(h, w), j = PRESETS['$PRESET']; print(f'{h}x{w} {j}')")
+# input, joints (or classes) and task: a space with segmentation heads is searched with --task seg
+read -r HW JOINTS TASK < <(python3 -c "from supernets.space import get_space
+sk = get_space('$SPACE', preset='$PRESET').skeleton
+(h, w), seg = sk.input_size, bool(get_space('$SPACE').seg_heads)
+print(f'{h}x{w}', sk.num_classes if seg else sk.num_joints, 'seg' if seg else 'pose')")
 # the names `nas lut build` gives by default (results/lut/<device>/<name>)
 eager="$OUT/$SPACE-$HW-b1-fp32.parquet"
 graphs="$OUT/$SPACE-$HW-b1-fp32-graphs.parquet"
@@ -48,8 +53,9 @@ table = LatencyTable.load(sys.argv[1])
 print(f"{(fast + 0.5 * (slow - fast)):.3f}ms")
 EOF
 )
+[[ -n $budget ]] || { log "no budget: the table $eager could not be read"; exit 1; }
 log "budget $budget"
-run $NAS search --task pose --device "$DEVICE" --space "$SPACE" --input "$HW" --joints "$JOINTS" \
+run $NAS search --task "$TASK" --device "$DEVICE" --space "$SPACE" --input "$HW" --joints "$JOINTS" \
     --lut "$eager" --budget "$budget" --epochs 4 --train-samples 256 --batch-size 16 \
     --out "$OUT/search" --no-progress --json > "$OUT/search.json"
 echo "search exit $?" >&2

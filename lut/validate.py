@@ -37,6 +37,7 @@ from lut.timing import TimingConfig
 from supernets.errors import NasError
 from supernets.fileio import check_writable_dir, write_atomic
 from supernets.flops import complexity
+from supernets.spec import ArchSpec
 
 __all__ = ["METHODS", "ValidationReport", "error_metrics", "validate_table"]
 
@@ -104,6 +105,30 @@ def _outputs(table: LatencyTable, out_dir: Path | None) -> tuple[Path, Path, Pat
     return tuple(folder / f"{stem}.validation.{ext}" for ext in ("csv", "png", "json"))
 
 
+def preflight(table: LatencyTable, *, samples: int = 30, seed: int = 1,
+              out_dir: Path | None = None
+              ) -> tuple[LatencyPredictor, list[ArchSpec], tuple[Path, ...] | None]:
+    """What can fail before anything is measured, checked in a moment: the sample count, a
+    table without calibration or missing a row the sampled networks need, and an output folder
+    that takes no files. Returns the predictor, the networks (the FLOPs reference first) and
+    the output paths; ``nas lut validate`` calls it before the speed probe too."""
+    if samples < 2:
+        raise NasError(f"--samples {samples}: expected at least 2 networks")
+    predictor = LatencyPredictor(table)  # refuses an uncalibrated table, names missing rows
+    rng = np.random.default_rng(seed)
+    specs = [table.space.sample(rng, "flops-reference"),
+             *(table.space.sample(rng, f"validation-{i}") for i in range(samples))]
+    for spec in specs[1:]:
+        predictor.latency(spec)  # fail on a missing row before measuring
+    paths = _outputs(table, out_dir)
+    if paths:  # and on a folder the results cannot be written to
+        check_writable_dir(paths[0].parent, f"{table.where()}: the validation files go to")
+        for path in paths:
+            if path.is_dir():
+                raise NasError(f"{path}: is a directory, where the validation writes a file")
+    return predictor, specs, paths
+
+
 def validate_table(table: LatencyTable, *, samples: int = 30, seed: int = 1,
                    timing: TimingConfig | None = None, out_dir: Path | None = None,
                    progress: bool = True, probe: dict | None = None) -> ValidationReport:
@@ -111,20 +136,9 @@ def validate_table(table: LatencyTable, *, samples: int = 30, seed: int = 1,
 
     ``probe``: the speed probe's result (``ProbeResult.to_dict()``) taken just before, kept in
     the report."""
-    if samples < 2:
-        raise NasError(f"--samples {samples}: expected at least 2 networks")
-    predictor = LatencyPredictor(table)  # refuses an uncalibrated table, names missing rows
-    space = table.space
-    rng = np.random.default_rng(seed)
-    reference = space.sample(rng, "flops-reference")
-    specs = [space.sample(rng, f"validation-{i}") for i in range(samples)]
-    predicted = [predictor.latency(s) for s in specs]  # fail on a missing row before measuring
-    paths = _outputs(table, out_dir)
-    if paths:  # and on a folder the results cannot be written to
-        check_writable_dir(paths[0].parent, f"{table.where()}: the validation files go to")
-        for path in paths:
-            if path.is_dir():
-                raise NasError(f"{path}: is a directory, where the validation writes a file")
+    predictor, specs, paths = preflight(table, samples=samples, seed=seed, out_dir=out_dir)
+    reference, specs = specs[0], specs[1:]
+    predicted = [predictor.latency(s) for s in specs]
     raw = [predictor.raw_latency(s) for s in specs]
     cal = predictor.calibration
     a, b = cal.affine if cal.affine is not None else (cal.a, cal.b)
@@ -161,6 +175,7 @@ def validate_table(table: LatencyTable, *, samples: int = 30, seed: int = 1,
     if paths:
         csv_path, png_path, json_path = paths
         write_atomic(csv_path, df.to_csv(index=False))
+        space = table.space
         h, w = space.skeleton.input_size
         title = (f"{space.name} {h}x{w}, batch {table.batch}, {table.dtype}, {table.device}, "
                  f"{table.threads} thread(s), {table.runtime.describe()}: {samples} random "

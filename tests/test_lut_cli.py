@@ -122,6 +122,7 @@ def test_validate_checks_it_can_write_before_measuring(table_path, tmp_path, cap
     import errno
     import tempfile
 
+    import lut.probe
     import lut.validate
 
     def read_only(*args, **kwargs):
@@ -130,15 +131,25 @@ def test_validate_checks_it_can_write_before_measuring(table_path, tmp_path, cap
     def never(*args, **kwargs):
         raise AssertionError("measured before checking the output folder")
 
+    def no_probe(*args, **kwargs):
+        raise AssertionError("probed before checking the output folder")
+
     copy = tmp_path / "copy.parquet"
     copy.write_bytes(table_path.read_bytes())
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     monkeypatch.setattr(lut.validate, "measure_networks", never)
+    monkeypatch.setattr(lut.probe, "probe_table", no_probe)
     message = error_of(capsys, ["lut", "validate", str(copy), "--samples", "2", "--quiet"])
     assert str(copy) in message and "cannot create files in it (Read-only file system)" in message
 
 
-def test_validate_too_few_samples(table_path, capsys):
+def test_validate_too_few_samples(table_path, capsys, monkeypatch):
+    import lut.probe
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("probed before checking --samples")
+
+    monkeypatch.setattr(lut.probe, "probe_table", no_probe)
     assert "at least 2" in error_of(capsys, ["lut", "validate", str(table_path),
                                              "--samples", "1", "--quiet"])
 

@@ -249,3 +249,22 @@ def test_runtime_gap_report(ort_table, tmp_path):
     for name in ("eager", "onnxruntime"):
         (b,) = result["validation"][name]["bench"]
         assert b["bench_p10_ms"] <= b["bench_ms"] <= b["bench_p90_ms"]
+
+
+def test_bench_times_as_the_table_was_timed(micro_arch, capsys):
+    """With --lut, the measurement uses the table's timing (CUDA-graph replays for a
+    --cuda-graphs table), so measured and predicted mean the same thing."""
+    from types import SimpleNamespace
+
+    from nas.commands.bench import _timing_fields
+
+    graphs = SimpleNamespace(device="cuda:0", meta={"timing": {
+        "rounds": 100, "clock": "cuda", "cuda_graphs": True, "seed": 1}})
+    eager = SimpleNamespace(device="cuda:0", meta={"timing": {"rounds": 100, "clock": "cuda"}})
+    args = SimpleNamespace(rounds=None, cuda_graphs=False, device=None, lut="t.parquet")
+    assert _timing_fields(args, graphs) == {"rounds": 100, "clock": "cuda", "cuda_graphs": True}
+    assert _timing_fields(SimpleNamespace(**{**vars(args), "rounds": 7}), eager)["rounds"] == 7
+    with pytest.raises(NasError, match="the table t.parquet was timed without CUDA graphs"):
+        _timing_fields(SimpleNamespace(**{**vars(args), "cuda_graphs": True}), eager)
+    code, out = run_cli(capsys, ["bench", str(micro_arch), "--cuda-graphs"])
+    assert code == 2 and "--cuda-graphs: only with --device cuda" in out.err

@@ -45,7 +45,8 @@ def test_weight_step_mixes_carry_no_arch_gradient(space):
         for m in mix.values():
             assert 1 <= len(m) and all(not (torch.is_tensor(w) and w.requires_grad) for _, w in m)
     mix = arch.mixes("softmax", gen, arch_grad=True)
-    assert all(len(m) == len(layer.candidates) for m, layer in zip(mix.values(), space.choice_layers()))
+    assert all(len(m) == len(layer.candidates)
+               for m, layer in zip(mix.values(), space.choice_layers()))
 
 
 def test_two_path_rescale_keeps_undrawn_probabilities(space):

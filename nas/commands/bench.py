@@ -1,12 +1,13 @@
 """``nas bench MODEL [--runtime torch|onnxruntime] [--provider NAME] [--device cpu|cuda[:N]]
-[--batch N] [--threads N] [--input HxW] [--lut TABLE] [--json]``: end-to-end latency (median,
-p10, p90) and peak memory of one model on this machine, with its fingerprint.
+[--batch N] [--threads N] [--input HxW] [--cuda-graphs] [--lut TABLE] [--json]``: end-to-end
+latency (median, p10, p90) and peak memory of one model on this machine, with its fingerprint.
 
 MODEL is an arch JSON, a named arch (``mobilenetv2``), a ``nas.model/1`` checkpoint (.pt) or an
 .onnx file (ONNX Runtime only). Timed with the tables' method among random networks of its
 skeleton, as ``nas lut validate`` times its networks (see ``lut.bench``): the command to check a
-latency claim of ours, or a table's prediction (``--lut``: runtime, device, batch and threads
-default to the table's, and its prediction for the model is printed beside the measurement).
+latency claim of ours, or a table's prediction (``--lut``: runtime, device, batch, threads and
+timing, CUDA-graph replays included, are the table's, and its prediction for the model is
+printed beside the measurement).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def register(sub) -> None:
     p.add_argument("--input", type=input_size, metavar="HxW",
                    help="input size (default: the model's)")
     p.add_argument("--rounds", type=positive_int, metavar="N", help="timing rounds (default 100)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="on CUDA, time CUDA-graph replays (as a --cuda-graphs table)")
     p.add_argument("--alone", action="store_true",
                    help="time the model alone, not interleaved with random networks")
     p.add_argument("--lut", metavar="TABLE",
@@ -79,6 +82,25 @@ def _settings(args, table, model_is_onnx: bool):
     return runtime, device, args.batch or 1, args.dtype or "fp32", args.threads
 
 
+def _timing_fields(args, table) -> dict:
+    """The table's timing (CUDA-graph replays for a --cuda-graphs table, its clock), so that
+    measured and predicted mean the same thing; --rounds and --cuda-graphs on top."""
+    from supernets.errors import NasError
+
+    fields = dict(table.meta.get("timing", {})) if table is not None else {}
+    fields.pop("seed", None)
+    if args.rounds:
+        fields["rounds"] = args.rounds
+    if args.cuda_graphs:
+        if table is not None and not fields.get("cuda_graphs"):
+            raise NasError(f"--cuda-graphs: the table {args.lut} was timed without CUDA graphs")
+        fields["cuda_graphs"] = True
+    if fields.get("cuda_graphs") and not (args.device or (table.device if table else "cpu")
+                                          ).startswith("cuda"):
+        raise NasError("--cuda-graphs: only with --device cuda")
+    return fields
+
+
 def run(args) -> Result:
     from lut.bench import bench, load_bench_model
     from lut.fingerprint import describe
@@ -104,7 +126,9 @@ def run(args) -> Result:
                            f"the model takes {model.input_size[0]}x{model.input_size[1]} "
                            f"(pass --input {t_in[0]}x{t_in[1]} or a table for that size)")
         predicted = LatencyPredictor(table).latency(model.spec)
-    timing = TimingConfig(rounds=args.rounds) if args.rounds else None
+    timing = TimingConfig(**_timing_fields(args, table))
+    if timing.cuda_graphs and not runtime.is_eager:
+        raise NasError(f"--cuda-graphs: only with --runtime torch, not {runtime.describe()}")
     result = bench(model, device, runtime=runtime, batch=batch, dtype=dtype, threads=threads,
                    timing=timing, fillers=not args.alone)
     if table is not None:

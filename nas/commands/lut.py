@@ -29,11 +29,11 @@ from lut.probe import PROBE_TOLERANCE, ProbeResult
 from lut.runtimes import RUNTIMES, Runtime
 from lut.table import LatencyTable
 from lut.timing import TimingConfig
-from lut.validate import validate_table
+from lut.validate import preflight, validate_table
 from nas.argtypes import input_size, non_negative_int, positive_int
 from nas.commands import Result
 from supernets.errors import NasError
-from supernets.space import PRESETS, SPACES, get_space
+from supernets.space import PRESETS, SEG_PRESETS, SPACES, get_space
 
 
 def register(sub) -> None:
@@ -55,7 +55,9 @@ def register(sub) -> None:
                         "TensorrtExecutionProvider")
     b.add_argument("--space", default="cpu-base", choices=list(SPACES),
                    help="search space (default: cpu-base)")
-    b.add_argument("--preset", choices=list(PRESETS), help="dataset input size and joints")
+    b.add_argument("--preset", choices=[*PRESETS, *SEG_PRESETS],
+                   help="dataset input size and joints (pose: mpii, coco, lsp) or classes "
+                        "(seg: camvid, cityscapes, voc)")
     b.add_argument("--input", type=input_size, metavar="HxW", help="override the input size")
     b.add_argument("--joints", "--classes", dest="joints", type=positive_int,
                    metavar="N", help="override the joints (pose) or classes (seg)")
@@ -201,6 +203,7 @@ def run_check(args) -> Result:
 
 def run_validate(args) -> Result:
     table = LatencyTable.load(args.table, allow_foreign=args.allow_foreign_lut)
+    preflight(table, samples=args.samples, seed=args.seed)  # bad input fails before the probe
     probe = lut_probe.checked_probe(table, args.allow_foreign_lut)
     timing = _timing(args.rounds, {**table.meta.get("timing", {}), "seed": args.seed})
     report = validate_table(table, samples=args.samples, seed=args.seed, timing=timing,

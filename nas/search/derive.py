@@ -79,8 +79,8 @@ def derive(space: SearchSpace, probs: Mapping[str, torch.Tensor],
             choice[best[0]], current = best[1], best[3]
         improved = low <= current <= high
         while improved:
-            best = max(((lb, i, dl, t) for lb, i, dl, t in moves() if dl > 1e-9 and low <= t <= high),
-                       key=lambda m: m[2], default=None)
+            best = max(((lb, i, dl, t) for lb, i, dl, t in moves()
+                        if dl > 1e-9 and low <= t <= high), key=lambda m: m[2], default=None)
             improved = best is not None
             if improved:
                 choice[best[0]], current = best[1], best[3]
