@@ -1,4 +1,4 @@
-"""The proof for segmentation: searched network vs mobilenetv2-lraspp vs random ones, CamVid, CPU.
+"""The proof for segmentation: searched network vs mobilenetv2-lraspp vs random ones, CamVid.
 
 On CamVid (SegNet's 11 classes, void ignored) at CamVid's preset input (176x240), in the space
 ``seg-a`` (``efficientpose-a``'s backbone with the segmentation heads; ``--space seg-small``
@@ -40,6 +40,10 @@ training run) continues where it stopped. So after Ctrl-C or a crash, the same c
 ``settings.json`` pins the settings a workdir was started with; a different setting is refused
 rather than mixed in.
 
+On a GPU machine, ``--device cuda`` builds (or ``--lut`` names) the CUDA table and runs the
+search, every training run and every measurement there; with a ``--cuda-graphs`` table the
+latencies are CUDA-graph replays, as the table's.
+
 Smoke run (numbers meaningless, checks the plumbing; stage 0 builds this machine's table first
 when it is missing, about 3 minutes here)::
 
@@ -59,6 +63,7 @@ import numpy as np
 from PIL import Image
 
 import lut as lutlib
+from lut.device import canonical_device
 from nas.argtypes import input_size
 from nas.bench.proof import (
     ABLATION,
@@ -126,6 +131,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="retraining batch (default %(default)s)")
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of the search, of every training run and of the random draws")
+    ap.add_argument("--device",
+                    help="cpu (default) or cuda[:N]: where the table is built, the search and "
+                         "every training run, and where latency is measured (default with "
+                         "--lut: the table's device)")
     ap.add_argument("--threads", type=int, help="CPU threads for search, training and "
                     "evaluation (latency is always measured with the table's thread count)")
     ap.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
@@ -173,14 +182,16 @@ def the_space(args: argparse.Namespace) -> SearchSpace:
     return get_space(args.space, preset=PRESET, input_size=args.input)
 
 
-def table_path(space: SearchSpace, lut: str | None) -> Path:
-    """``--lut``, else this machine's table of the space at its input (``results/lut/...``)."""
-    return Path(lut) if lut else lutlib.default_table_path(space, "cpu", root=RESULTS)
+def table_path(space: SearchSpace, lut: str | None, device: str) -> Path:
+    """``--lut``, else this machine's table of the space at its input on ``device``
+    (``results/lut/...``)."""
+    return Path(lut) if lut else lutlib.default_table_path(space, device, root=RESULTS)
 
 
-def stage_table(stages: Stages, space: SearchSpace, path: Path, given: bool) -> Path:
+def stage_table(stages: Stages, space: SearchSpace, path: Path, given: bool,
+                device: str) -> Path:
     """Stage 0: the latency table; this machine's is built (or its killed build continued)
-    when missing, as ``nas lut build --space SPACE`` builds it."""
+    when missing, as ``nas lut build --space SPACE --device DEVICE`` builds it."""
     if path.is_file():
         return path
     if given:
@@ -188,12 +199,25 @@ def stage_table(stages: Stages, space: SearchSpace, path: Path, given: bool) -> 
     h, w = space.skeleton.input_size
     stages.log(f"stage 0: building the latency table of {space.name} at {h}x{w} into {path} "
                "(resumed if killed)")
-    return lutlib.build_table(space, "cpu", out=path, progress=stages.progress)
+    return lutlib.build_table(space, device, out=path, progress=stages.progress)
+
+
+def table_device(path: Path, device: str | None) -> str:
+    """The device of the table given with ``--lut``: the proof runs where its latency was
+    measured; a different ``--device`` is refused."""
+    if not path.is_file():
+        raise NasError(f"--lut {path}: no such table")
+    table_dev = lutlib.LatencyTable.load(path).device
+    if device is not None and canonical_device(device) != canonical_device(table_dev):
+        raise NasError(f"--device {device}: the table {path} was measured on {table_dev}; "
+                       f"pass --device {table_dev} or a table of {device}")
+    return table_dev
 
 
 def settings_of(args: argparse.Namespace, space: SearchSpace, lut_path: Path) -> dict:
     """The settings the results depend on (``Stages.pin``)."""
     return {"space": space.name, "input_size": list(space.skeleton.input_size),
+            "device": args.device,
             "baseline": BASELINE,
             "data": str(Path(args.data).resolve()), "epochs": args.epochs,
             "search_epochs": args.search_epochs, "search_options": dict(args.search_option),
@@ -208,14 +232,14 @@ def search_config(budget_ms: float, space: SearchSpace, args: argparse.Namespace
     return SearchConfig(budget_ms=budget_ms, task="seg", space=space.name,
                         input_size=tuple(sk.input_size), num_joints=sk.num_joints,
                         data=args.data, epochs=args.search_epochs, seed=args.seed,
-                        threads=args.threads, **dict(args.search_option))
+                        threads=args.threads, device=args.device, **dict(args.search_option))
 
 
 def train_config(spec: ArchSpec, args: argparse.Namespace) -> TrainConfig:
     """The one recipe every model is retrained with (nas.train's defaults otherwise)."""
     return TrainConfig(arch=spec.to_dict(), task="seg", data=args.data, epochs=args.epochs,
                        batch_size=args.batch_size, seed=args.seed, limit=args.limit,
-                       threads=args.threads, workers=args.workers)
+                       threads=args.threads, workers=args.workers, device=args.device)
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -346,7 +370,9 @@ def _score_lines(rows: list[dict]) -> list[str]:
 
 
 def render_markdown(report: dict) -> str:
-    lines = [f"# Proof: searched network vs {BASELINE} vs random networks (CamVid, this CPU)",
+    device = report["settings"].get("device", "cpu")
+    where = "this CPU" if device == "cpu" else f"this machine's {device}"
+    lines = [f"# Proof: searched network vs {BASELINE} vs random networks (CamVid, {where})",
              ""]
     if report["settings"]["limit"]:
         lines += [(f"**Smoke run (--limit {report['settings']['limit']}): the numbers below "
@@ -378,9 +404,10 @@ def run(args: argparse.Namespace) -> dict:
     stages = Stages(Path(args.workdir), NAME, progress=not args.no_progress)
     data = check_data(args.data)
     space = the_space(args)
-    lut_path = table_path(space, args.lut)
-    settings = stages.pin(settings_of(args, space, lut_path))
-    stage_table(stages, space, lut_path, given=bool(args.lut))
+    lut_path = table_path(space, args.lut, args.device or "cpu")
+    args.device = table_device(lut_path, args.device) if args.lut else (args.device or "cpu")
+    settings = stages.pin(settings_of(args, space, lut_path), defaults={"device": "cpu"})
+    stage_table(stages, space, lut_path, given=bool(args.lut), device=args.device)
     table = lutlib.LatencyTable.load(lut_path)
     predictor = lutlib.LatencyPredictor(table)
     sk = space.skeleton
@@ -410,7 +437,7 @@ def run(args: argparse.Namespace) -> dict:
     rows, verdict = summarise(models, trained, tested, latency, predicted)
     return {
         "what": f"searched network vs {BASELINE} vs random networks of {space.name}, CamVid, "
-                "this CPU",
+                f"on {args.device}",
         "target": f"searched >= {BASELINE} + {MIOU_TARGET} mIoU at no more measured latency, "
                   "and above the best random network",
         "command": shlex.join(["python", *sys.argv]),

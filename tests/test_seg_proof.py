@@ -20,6 +20,7 @@ import lut.isolated
 import nas.bench.proof as proof
 from nas.tasks.seg import CAMVID
 from supernets.errors import NasError
+from supernets.named import load_arch
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "seg_proof.py"
@@ -83,10 +84,10 @@ def measured(monkeypatch, space, lut_path):
         ms = proof.predicted_latency(predictor, spec) or (fast + slow) / 2
         return {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "samples": 1, "device": device}
 
-    def in_process(specs, threads, dtype, batches):
-        calls.append("side by side")
+    def in_process(specs, threads, dtype, batches, device):
+        calls.append(f"side by side on {device}")
         timing = lut.TimingConfig(rounds=2, warmup_calls=1, retries=0)
-        return {b: [t.to_dict() for t in lut.measure_networks(specs, "cpu", batch=b, dtype=dtype,
+        return {b: [t.to_dict() for t in lut.measure_networks(specs, device, batch=b, dtype=dtype,
                                                                threads=threads, timing=timing)]
                 for b in batches}
 
@@ -213,15 +214,30 @@ def test_a_missing_table_is_built_into_this_machines_folder(space, tmp_path, mon
 
     monkeypatch.setattr(seg_proof, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(lut, "build_table", fake_build)
-    path = seg_proof.table_path(space, None)
+    path = seg_proof.table_path(space, None, "cpu")
     assert path.is_relative_to(tmp_path / "results" / "lut")
     assert path.name == "seg-small-32x48-b1-fp32.parquet"
     stages = proof.Stages(tmp_path / "proof", "seg_proof", progress=False)
-    assert seg_proof.stage_table(stages, space, path, given=False) == path and path.is_file()
-    assert seg_proof.stage_table(stages, space, path, given=False) == path
+    assert seg_proof.stage_table(stages, space, path, False, "cpu") == path and path.is_file()
+    assert seg_proof.stage_table(stages, space, path, False, "cpu") == path
     assert built == [(INPUT, "cpu")]                          # built once, then found
     with pytest.raises(NasError, match="--lut .*: no such table"):
-        seg_proof.stage_table(stages, space, tmp_path / "other.parquet", given=True)
+        seg_proof.stage_table(stages, space, tmp_path / "other.parquet", True, "cpu")
+
+
+def test_the_proof_runs_on_its_tables_device(lut_path, measured, tmp_path):
+    """--lut decides the device (search, training and measurements run where its latency was
+    measured); a --device that disagrees is refused before anything is written."""
+    assert seg_proof.table_device(lut_path, None) == "cpu"
+    assert seg_proof.table_device(lut_path, "cpu") == "cpu"
+    with pytest.raises(NasError, match=f"--device cuda: the table {lut_path} was measured on "
+                                       "cpu; pass --device cpu"):
+        seg_proof.table_device(lut_path, "cuda")
+    with pytest.raises(NasError, match="--lut .*: no such table"):
+        seg_proof.table_device(tmp_path / "none.parquet", None)
+    args = seg_proof.parse_args(["--device", "cuda:0"])
+    cfg = seg_proof.train_config(load_arch("mobilenetv2-lraspp"), args)
+    assert cfg.device == "cuda:0"
 
 
 def test_smoke_run_cannot_write_the_proofs_report(tmp_path, monkeypatch, capsys):

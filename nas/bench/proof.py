@@ -119,24 +119,31 @@ def draw_randoms(space: SearchSpace, predictor: lutlib.LatencyPredictor, budget_
                                         for p in picked]}
 
 
-def _measure_in_child(arch_dicts: list[dict], threads: int, dtype: str,
+def _measure_in_child(arch_dicts: list[dict], device: str, threads: int, dtype: str,
                       batches: dict[int, dict | None]) -> dict[int, list[dict]]:
     specs = [ArchSpec.from_dict(d) for d in arch_dicts]
     return {batch: [t.to_dict() for t in lutlib.measure_networks(
-                specs, "cpu", batch=batch, dtype=dtype, threads=threads,
+                specs, device, batch=batch, dtype=dtype, threads=threads,
                 timing=lutlib.TimingConfig(**timing) if timing else None)]
             for batch, timing in batches.items()}
 
 
 def measure_side_by_side(specs: list[ArchSpec], threads: int, dtype: str,
-                         batches: Mapping[int, lutlib.TimingConfig | None]
-                         ) -> dict[int, list[dict]]:
+                         batches: Mapping[int, lutlib.TimingConfig | None], *,
+                         device: str = "cpu") -> dict[int, list[dict]]:
     """Every network in the same interleaved rounds, at each batch (its timing, None: the
-    default), in one fresh process: a process that has just trained networks holds a large heap
-    and warmed pools and reads 5-15% slower (lut.isolated)."""
+    default), in one fresh process on ``device``: a process that has just trained networks
+    holds a large heap and warmed pools and reads 5-15% slower (lut.isolated)."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_measure_in_child, [s.to_dict() for s in specs], threads, dtype,
-                           {b: t.to_dict() if t else None for b, t in batches.items()}).result()
+        return pool.submit(_measure_in_child, [s.to_dict() for s in specs], device, threads,
+                           dtype, {b: t.to_dict() if t else None for b, t in batches.items()}
+                           ).result()
+
+
+def cuda_graphs(table: lutlib.LatencyTable) -> bool:
+    """Whether the table was timed as CUDA-graph replays (``nas lut build --cuda-graphs``): the
+    proof's measurements then are too, so that measured and predicted mean the same thing."""
+    return bool(table.meta.get("timing", {}).get("cuda_graphs"))
 
 
 def predicted_latency(predictor: lutlib.LatencyPredictor, spec: ArchSpec) -> float | None:
@@ -180,7 +187,7 @@ def recipe_of(cfg: TrainConfig) -> dict:
 
 
 def machine(table: lutlib.LatencyTable) -> dict:
-    return {"device": describe(fingerprint(torch.device("cpu"), table.threads)),
+    return {"device": describe(fingerprint(torch.device(table.device), table.threads)),
             "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "numpy": np.__version__}
 
@@ -241,9 +248,10 @@ class Stages:
         if path.exists():
             return read_json(path)
         self.log(f"stage 1: measuring {baseline.name} at {baseline.skeleton.input_size} "
-                 f"({table.threads} thread(s), fresh process)")
-        measured = measure_network_isolated(baseline, "cpu", batch=table.batch,
-                                            dtype=table.dtype, threads=table.threads)
+                 f"on {table.device} ({table.threads} thread(s), fresh process)")
+        measured = measure_network_isolated(baseline, table.device, batch=table.batch,
+                                            dtype=table.dtype, threads=table.threads,
+                                            cuda_graphs=cuda_graphs(table))
         result = {"arch": baseline.to_dict(), "budget_ms": measured["median_ms"],
                   "measured": measured}
         write_json(path, result)
@@ -343,12 +351,16 @@ class Stages:
                     {str(b) for b in extra} <= set(done.get("batches", {})):
                 return done
             self.log(f"stage 5: {path} measured other networks; measuring again")
-        self.log(f"stage 5: measuring {len(models)} networks side by side ({table.threads} "
-                 "thread(s))")
+        self.log(f"stage 5: measuring {len(models)} networks side by side on {table.device} "
+                 f"({table.threads} thread(s))")
+        timing = lutlib.TimingConfig(cuda_graphs=cuda_graphs(table))
+        extra = {b: dataclasses.replace(t or lutlib.TimingConfig(),
+                                        cuda_graphs=timing.cuda_graphs)
+                 for b, t in extra.items()}
         measured = measure_side_by_side(list(models.values()), table.threads, table.dtype,
-                                        {table.batch: None, **extra})
-        result = {"device": "cpu", "threads": table.threads, "batch": table.batch,
-                  "dtype": table.dtype, "timing": lutlib.TimingConfig().to_dict(),
+                                        {table.batch: timing, **extra}, device=table.device)
+        result = {"device": table.device, "threads": table.threads, "batch": table.batch,
+                  "dtype": table.dtype, "timing": timing.to_dict(),
                   "choices": choices,
                   "timings": dict(zip(models, measured[table.batch], strict=True))}
         if extra:
