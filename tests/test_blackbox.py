@@ -383,3 +383,53 @@ def test_search_stopped_in_supernet_training_resumes_to_the_end(lut_path, bounds
     done = search(None, tmp_path / "s", resume=True, **kw)
     assert done["search"]["evaluations"] == 3 and (tmp_path / "s" / "arch.json").exists()
     assert done["search"]["supernet"]["epochs"] == 1
+
+
+class LatencyScorer:
+    """A metric that grows with latency, as accuracy does with size: an objective that ignores
+    latency picks the slowest network of the window."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+
+    def score(self, spec):
+        ms = self.predictor.latency(spec)
+        return {"loss": 1.0 / (50 + 3 * ms), "pck": 50 + 3 * ms, "seconds": 0.0}
+
+
+def test_score_objective_trades_the_metric_against_latency(space, predictor, bounds, tmp_path):
+    """--objective score with a proposing strategy: each scored network's value is its metric x
+    W(predicted latency), maximised; the window has no floor (as the differentiable search's),
+    so the pick sits where more metric stops paying for the latency, not at the window's top."""
+    from lut import LatencyTable
+    from nas.search.run import budget_window
+    from nas.search.searcher import SearchConfig
+    from nas.tasks.seg.score import latency_weight
+
+    # the space stretched to 1.5 to 12 ms-ish, across W's slope from 3 to 10 ms
+    table = LatencyTable.load(macs_table(space, tmp_path), allow_foreign=True)
+    scale = 12.0 / bounds[1]
+    stretched = LatencyTable.from_rows(
+        space, {k: float(v) * scale for k, v in zip(table.rows["key"], table.rows["median_ms"])})
+    slow_predictor = LatencyPredictor(stretched)
+    cfg = SearchConfig(budget_ms=10.0, task="seg", space="seg-small", objective="score",
+                       strategy="random")
+    window = Window(10.0, *budget_window(cfg, 10.0, bounds[0] * scale))
+    assert window.low == 0.0
+    picks = {}
+    for objective in ("score", "pck"):
+        study = Study(space=space, predictor=slow_predictor, scorer=LatencyScorer(slow_predictor),
+                      windows=[window], strategy="random", objective=objective, pareto=False,
+                      seed=0, trials=40, storage=open_storage(None, tmp_path / objective),
+                      name="s", attrs={})
+        assert study.run(progress=False)
+        rows = study.best()
+        if objective == "score":
+            for r in rows:
+                assert r["value"] == pytest.approx(r["pck"] * latency_weight(r["predicted_ms"]))
+        assert [r["value"] for r in rows] == sorted((r["value"] for r in rows), reverse=True)
+        picks[objective] = rows[0]["predicted_ms"]
+    assert picks["score"] < picks["pck"] - 1.0, picks
+    with pytest.raises(NasError, match="--pareto with --objective score"):
+        SearchConfig(budget_ms=10.0, task="seg", space="seg-small", objective="score",
+                     strategy="optuna", pareto=True, budgets_ms=(5.0, 10.0))

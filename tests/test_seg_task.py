@@ -213,9 +213,6 @@ def test_objective_score_searches_without_a_budget_floor_or_a_lambda_controller(
 
     cfg = SearchConfig(budget_ms=10.0, task="seg", space="seg-small", objective="score")
     assert budget_window(cfg, 10.0, 1.0) == (0.0, pytest.approx(9.7))
-    with pytest.raises(NasError, match="--objective score is searched by the differentiable"):
-        SearchConfig(budget_ms=10.0, task="seg", space="seg-small", objective="score",
-                     strategy="random")
     lut = macs_table(get_space("seg-small", input_size=(32, 48)), tmp_path)
     out = tmp_path / "search"
     code, res = run_cli(capsys, ["search", "--task", "seg", "--objective", "score", "--input",
@@ -238,3 +235,25 @@ def test_search_refuses_a_space_of_the_other_task(tmp_path, capsys):
     assert code != 0
     assert "--space cpu-base is a pose space, not one for --task seg" in res.err
     assert "seg-small" in res.err and not (tmp_path / "s").exists()
+
+
+def test_objective_score_with_a_proposing_strategy(tmp_path, capsys):
+    """`--strategy random --objective score`: the supernet's held-out mIoU x W(T) ranks the
+    networks, no budget needed (W's zero, 10 ms), the report says so."""
+    from conftest import macs_table
+
+    from supernets.space import get_space
+
+    lut = macs_table(get_space("seg-small", input_size=(32, 48)), tmp_path)
+    out = tmp_path / "search"
+    code, res = run_cli(capsys, ["search", "--task", "seg", "--strategy", "random",
+                                 "--objective", "score", "--trials", "4", "--input", "32x48",
+                                 "--epochs", "1", "--train-samples", "24", "--batch-size", "8",
+                                 "--lut", str(lut), "--allow-foreign-lut", "--out", str(out),
+                                 "--no-progress", "--json"])
+    assert code == 0, res.err
+    report = json.loads(res.out)
+    assert report["objective"] == "score" and report["budget_ms"] == 10.0
+    assert report["window_ms"] is None or report["window_ms"][0] == 0.0
+    assert report["latency_weight"]["predicted"] == 1.0  # the macs table: all under 3 ms
+    assert report["search"]["evaluations"] == 4 and (out / "search.png").is_file()

@@ -82,7 +82,7 @@ def register(sub) -> None:
                         "default 200); with --resume, extends the search")
     g.add_argument("--objective", choices=(*OBJECTIVES, "score"),
                    help="supernet score: held-out task loss (default) or PCK@0.2 (mIoU for "
-                        "seg); score (differentiable strategy): search for max mIoU x W(T), "
+                        "seg); score (seg, every strategy): search for max mIoU x W(T), "
                         "W(T) = max(0, 1 - max(0, T - 3 ms) / 7 ms), budget 10 ms unless given")
     g.add_argument("--supernet", metavar="PATH",
                    help="a supernet trained before (oneshot.pt or supernet-eN.pt of a run's "
@@ -159,7 +159,7 @@ def run(args) -> Result:
         strategy = args.strategy or "differentiable"
         foreign = given_flags(args, _PROPOSING_ONLY if strategy == "differentiable"
                               else _DIFFERENTIABLE_ONLY)
-        if strategy == "differentiable" and args.objective == "score":
+        if args.objective == "score":
             foreign = [f for f in foreign if f != "--objective"]
         if foreign:
             raise NasError(f"{foreign[0]} is not a setting of --strategy {strategy}")

@@ -137,8 +137,9 @@ class Study:
         if strategy not in BLACKBOX:
             raise NasError(f"--strategy {strategy!r}: not a strategy that proposes networks "
                            f"({', '.join(BLACKBOX)})")
-        if objective not in OBJECTIVES:
-            raise NasError(f"--objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
+        if objective not in (*OBJECTIVES, "score"):
+            raise NasError(f"--objective {objective!r}: expected one of "
+                           f"{', '.join(OBJECTIVES)} or score")
         from nas.search.window import WindowSampler
 
         self.space, self.latency, self.scorer = space, predictor.latency, scorer
@@ -290,7 +291,17 @@ class Study:
         for k in ("loss", "pck", "seconds"):
             trial.set_user_attr(k, float(result[k]))
         trial.set_user_attr("evaluated", True)
-        return self._values(float(result[self.objective]), ms), True, spec, ms
+        return self._values(self._objective(result, ms), ms), True, spec, ms
+
+    def _objective(self, result: dict, ms: float) -> float:
+        """The value a scored network gets: the supernet's held-out loss or metric, or for
+        ``score`` its metric (mIoU) x W(T) at its predicted latency (nas.tasks.seg.score): the
+        trade-off of accuracy and latency in one number, maximised."""
+        if self.objective == "score":
+            from nas.tasks.seg.score import latency_weight
+
+            return float(result["pck"]) * latency_weight(ms)
+        return float(result[self.objective])
 
     # -- results ------------------------------------------------------------------------------
     def rows(self) -> list[dict]:
@@ -353,9 +364,11 @@ def write_trials_csv(path: Path, rows: list[dict]) -> None:
 
 
 def plot_study(rows: list[dict], windows: list[Window], objective: str, picks: list[dict],
-               path: Path, *, front: list[dict] | None = None) -> None:
-    """Left: every scored network, predicted latency against the proxy, with the budgets'
-    windows and the picks. Right: the best score so far against proxy evaluations."""
+               path: Path, *, front: list[dict] | None = None,
+               metric_name: str = "PCK@0.2") -> None:
+    """Left: every scored network, predicted latency against the proxy (the metric for the
+    ``score`` objective), with the budgets' windows and the picks. Right: the best objective so
+    far against proxy evaluations."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -364,30 +377,32 @@ def plot_study(rows: list[dict], windows: list[Window], objective: str, picks: l
     scored = [r for r in rows if r["evaluated"]]
     if not scored:
         return
+    shown = "pck" if objective == "score" else objective
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    ax1.scatter([r["predicted_ms"] for r in scored], [r[objective] for r in scored], s=10,
+    ax1.scatter([r["predicted_ms"] for r in scored], [r[shown] for r in scored], s=10,
                 alpha=0.6, label="scored networks")
     if front:
-        ax1.plot([r["predicted_ms"] for r in front], [r[objective] for r in front], "k.-",
+        ax1.plot([r["predicted_ms"] for r in front], [r[shown] for r in front], "k.-",
                  lw=1, label="front")
     for w in windows:
         if w.low is not None and w.high is not None:
             ax1.axvspan(w.low, w.high, color="g", alpha=0.08)
         ax1.axvline(w.budget_ms, color="r", ls="--", lw=0.8)
     for p in picks:
-        ax1.scatter([p["predicted_ms"]], [p[objective]], marker="*", s=160, color="r",
+        ax1.scatter([p["predicted_ms"]], [p[shown]], marker="*", s=160, color="r",
                     zorder=5)
     ax1.set_xlabel("predicted latency (ms)")
-    ax1.set_ylabel(f"supernet {'held-out heatmap loss' if objective == 'loss' else 'PCK@0.2'}")
+    ax1.set_ylabel(f"supernet {'held-out task loss' if shown == 'loss' else metric_name}")
     ax1.legend(fontsize=8)
     sign = 1.0 if objective == "loss" else -1.0
     best, curve = math.inf, []
     for r in scored:
-        best = min(best, sign * r[objective])
+        best = min(best, sign * r["value"])
         curve.append(sign * best)
     ax2.plot(range(1, len(curve) + 1), curve, "-")
     ax2.set_xlabel("proxy evaluations")
-    ax2.set_ylabel(f"best {objective} so far")
+    ax2.set_ylabel(f"best {metric_name} x W(T) so far" if objective == "score"
+                   else f"best {'loss' if objective == 'loss' else metric_name} so far")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

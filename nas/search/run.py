@@ -194,7 +194,7 @@ def setup(cfg: SearchConfig, *, lut: str | None = None, allow_foreign_lut: bool 
     return Setup(cfg, space, table, predictor, probe, (fast_ms, slow_ms), accuracy_only)
 
 
-def _weights(predicted_ms: float, measured_ms: float | None) -> dict:
+def latency_weights(predicted_ms: float, measured_ms: float | None) -> dict:
     """``--objective score``: W(T) of the pick, predicted and measured."""
     from nas.tasks.seg.score import latency_weight
 
@@ -207,7 +207,7 @@ def budget_window(cfg: SearchConfig, budget_ms: float, fastest_ms: float) -> tup
     the budget itself when the space's fastest network is just above it. ``--objective score``
     has no floor: the budget is W's zero (10 ms), and any latency under it may score best."""
     low, high = (w * budget_ms for w in cfg.window)
-    if cfg.objective == "score" and cfg.strategy == "differentiable":
+    if cfg.objective == "score":
         low = 0.0
     return low, max(high, min(budget_ms, fastest_ms))
 
@@ -421,7 +421,7 @@ def _finish(searcher: Searcher, out: Path) -> dict:
         "measured": measured,
         "measured_over_budget": measured_ms / cfg.budget_ms if measured else None,
         "objective": cfg.objective if searcher.score_objective else "budget",
-        "latency_weight": _weights(chosen["predicted_ms"], measured_ms)
+        "latency_weight": latency_weights(chosen["predicted_ms"], measured_ms)
         if searcher.score_objective else None,
         "measure_checks": checks,
         "latency_feedback": feedback,

@@ -265,7 +265,7 @@ def _pick(cfg: SearchConfig, s, study: Study, window: Window, name: str) -> dict
 
 def _finish(cfg: SearchConfig, s, study: Study, windows: list[Window], info: dict,
             out: Path, probe: dict | None) -> dict:
-    from nas.search.run import budget_tag, provenance
+    from nas.search.run import budget_tag, latency_weights, provenance
 
     picks = []
     for w in windows:
@@ -282,12 +282,12 @@ def _finish(cfg: SearchConfig, s, study: Study, windows: list[Window], info: dic
     front = study.front() if cfg.pareto else None
     if front is not None:
         write_front_csv(out / "pareto.csv", front)
-        plot_study(rows, windows, cfg.objective, [p["proxy"] | {"predicted_ms": p["predicted_ms"]}
-                                                  for p in picks], out / "pareto.png",
-                   front=front)
-    plot_study(rows, windows, cfg.objective,
-               [p["proxy"] | {"predicted_ms": p["predicted_ms"]} for p in picks],
-               out / "search.png")
+    metric_name = "mIoU" if cfg.task == "seg" else "PCK@0.2"
+    marks = [p["proxy"] | {"predicted_ms": p["predicted_ms"]} for p in picks]
+    if front is not None:
+        plot_study(rows, windows, cfg.objective, marks, out / "pareto.png", front=front,
+                   metric_name=metric_name)
+    plot_study(rows, windows, cfg.objective, marks, out / "search.png", metric_name=metric_name)
     main = picks[-1]  # the single budget, or the largest of a front's
     layers = [{"label": layer.label, "op": main["spec"].choices[layer.label]}
               for layer in s.space.choice_layers()]
@@ -304,6 +304,9 @@ def _finish(cfg: SearchConfig, s, study: Study, windows: list[Window], info: dic
         "measured": main["measured"],
         "measure_checks": main["measure_checks"],
         "latency_feedback": main["latency_feedback"],
+        "objective": cfg.objective if cfg.objective == "score" else "budget",
+        "latency_weight": latency_weights(main["predicted_ms"], main["measured_ms"])
+        if cfg.objective == "score" else None,
         "selected_by": f"{info['sampler']} over the supernet's held-out {cfg.objective} "
                        f"(rank {main['rank']} of the scored networks in the window)",
         "proxy": main["proxy"],

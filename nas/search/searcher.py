@@ -151,8 +151,9 @@ class SearchConfig:
     strategy: str = "differentiable"
     trials: int = 200                   # distinct networks scored by the supernet (proxy evals)
     # optuna/random: the supernet's score of a network, held-out "loss" or "pck" (mIoU for seg);
-    # differentiable: "score" searches for max mIoU x W(T) (nas.tasks.seg.score) instead of the
-    # budget's task + lambda * log_tau(E[latency]); its budget is W's zero, 10 ms
+    # "score" (seg, every strategy): max mIoU x W(T) (nas.tasks.seg.score) instead of the budget
+    # window (differentiable: instead of task + lambda * log_tau(E[latency])); its budget is W's
+    # zero, 10 ms
     objective: str = "loss"
     supernet_rule: str = "uniform"      # nas.search.oneshot.RULES
     supernet: str | None = None         # a supernet trained before (snapshot or oneshot.pt)
@@ -180,11 +181,11 @@ class SearchConfig:
                            f"{', '.join(STRATEGIES)}")
         if self.objective not in (*OBJECTIVES, "score"):
             raise NasError(f"--objective {self.objective!r}: expected one of "
-                           f"{', '.join(OBJECTIVES)} (optuna, random) or score (differentiable)")
-        if self.objective == "score" and self.strategy != "differentiable":
-            raise NasError(f"--objective score is searched by the differentiable strategy; "
-                           f"--strategy {self.strategy} scores networks by "
-                           f"{' or '.join(OBJECTIVES)}")
+                           f"{', '.join(OBJECTIVES)} (optuna, random) or score")
+        if self.objective == "score" and self.pareto:
+            raise NasError("--pareto with --objective score: the score already weighs latency "
+                           "(W(T)); a front needs an accuracy objective (--objective loss or "
+                           "pck)")
         if self.supernet_rule not in RULES:
             raise NasError(f"--supernet-rule {self.supernet_rule!r}: expected one of "
                            f"{', '.join(RULES)}")
