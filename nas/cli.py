@@ -75,11 +75,21 @@ def _main(argv: list[str] | None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    # under torchrun (nas.distributed) rank 0 speaks for the run; another rank only its errors
+    rank = int(os.environ.get("RANK", "0") or 0)
+    prefix = "nas" if rank == 0 else f"nas[rank {rank}]"
     try:
         result = args.handler(args)
     except NasError as e:
-        print(f"nas: error: {e}", file=sys.stderr)
+        print(f"{prefix}: error: {e}", file=sys.stderr)
         return USAGE_ERROR
+    finally:
+        if "torch.distributed" in sys.modules:
+            from nas.distributed import shutdown
+
+            shutdown()
+    if rank != 0:
+        return result.status
     if getattr(args, "json", False):
         print(json.dumps(result.data, default=str))
     if result.status and result.error is None:

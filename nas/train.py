@@ -37,11 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from nas.checkpoint import layers_difference, save_model_checkpoint
 from nas.checks import check_float, check_int
+from nas.distributed import World, from_env
 from nas.interrupt import stop_on_sigint
 from nas.tasks import TASKS, get_task
 from supernets.errors import NasError
@@ -141,8 +143,9 @@ def learning_rate(cfg: TrainConfig, epoch: int) -> float:
 class Trainer:
     """One training run: model, optimiser, data and the position in the schedule."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, world: World | None = None):
         self.cfg = cfg
+        self.world = world or World()
         self.spec = cfg.spec
         sk = self.spec.skeleton
         self.task = get_task(cfg.task)
@@ -157,19 +160,24 @@ class Trainer:
             val_data, self.task.validation_split(val_data), sk, seed=cfg.seed, augment=False,
             limit=cfg.limit, synthetic_size=cfg.synthetic_val,
             **self.task.reader_options(cfg, validation=True))
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(self.world.device(cfg.device))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)   # the initial weights, and nothing else, come from here
             model = PoseNet(self.spec)
         self.model = model.to(self.device, memory_format=torch.channels_last)
+        # several processes: gradients averaged across ranks at every step (nas.distributed)
+        self.net = self.model if not self.world.enabled else DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
                                           weight_decay=cfg.weight_decay)
         self.epoch, self.step = 0, 0
         self.history: list[dict] = []
         self.best: dict | None = None
-        self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
+        # DistributedSampler gives each rank ceil(n / processes) samples (padded)
+        per_rank = math.ceil(len(self.train_set) / self.world.size)
+        self.steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
         self._stop = False
         self._loss_sum, self._epoch_start = 0.0, time.perf_counter()
 
@@ -186,16 +194,24 @@ class Trainer:
         return torch.randperm(len(self.train_set), generator=g).tolist()
 
     def _batches(self):
-        """The batches of the current epoch from ``self.step`` on (resume skips the rest)."""
+        """The batches of the current epoch from ``self.step`` on (resume skips the rest); with
+        several processes this rank's share (``DistributedSampler``, seeded as the run)."""
         self.train_set.set_epoch(self.epoch)
-        order = self._order()[self.step * self.cfg.batch_size:]
+        if self.world.enabled:
+            sampler = DistributedSampler(self.train_set, num_replicas=self.world.size,
+                                         rank=self.world.rank, shuffle=True, seed=self.cfg.seed)
+            sampler.set_epoch(self.epoch)
+            order = list(sampler)
+        else:
+            order = self._order()
+        order = order[self.step * self.cfg.batch_size:]
         return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=order,
                           num_workers=self.cfg.workers)
 
     def _train_step(self, batch: dict) -> float:
         images = batch["image"].to(self.device).contiguous(memory_format=torch.channels_last)
         batch = {k: batch[k].to(self.device) for k in self.task.target_keys}
-        loss = self.task.loss(self.model(images), batch)
+        loss = self.task.loss(self.net(images), batch)
         value = float(loss.detach())
         if not math.isfinite(value):
             lr = self.optimizer.param_groups[0]["lr"]
@@ -214,6 +230,7 @@ class Trainer:
     def run(self, out: Path, *, progress: bool = True,
             on_step: Callable[[Trainer], None] | None = None) -> bool:
         """Train until the last epoch or a stop request; True when training is complete."""
+        progress = progress and self.world.is_main
         with stop_on_sigint(self.request_stop), tqdm(
                 total=self.cfg.epochs * self.steps_per_epoch,
                 initial=self.epoch * self.steps_per_epoch + self.step, disable=not progress,
@@ -226,7 +243,7 @@ class Trainer:
                     self._loss_sum, self._epoch_start = 0.0, time.perf_counter()
                 self.model.train()
                 for batch in self._batches():
-                    if self._stop:
+                    if self.world.any(self._stop):   # every rank stops at the same step
                         self.save(out)
                         return False
                     loss = self._train_step(batch)
@@ -239,7 +256,7 @@ class Trainer:
                         on_step(self)
                 self._end_epoch(lr)
                 self.save(out)
-                if self._stop and not self.finished:
+                if self.world.any(self._stop) and not self.finished:
                     return False
         return True
 
@@ -251,16 +268,21 @@ class Trainer:
     def _end_epoch(self, lr: float) -> None:
         seconds = time.perf_counter() - self._epoch_start   # training only, not validation
         entry = {"epoch": self.epoch + 1, "lr": lr,
-                 "train_loss": self._loss_sum / max(self.step, 1), "seconds": seconds}
+                 "train_loss": self.world.mean(self._loss_sum / max(self.step, 1)),
+                 "seconds": seconds, "processes": self.world.size}
         t0 = time.perf_counter()
-        val = self.validate() if self._validates(self.epoch) else None
+        val = None
+        if self._validates(self.epoch):   # rank 0 validates, the others take its result
+            val = self.world.broadcast(self.validate() if self.world.is_main else None)
         if val is not None:
             entry.update(val_metric=val["metric"], val=val["mean"], val_loss=val["loss"],
                          val_seconds=time.perf_counter() - t0)
         self.history.append(entry)
-        tqdm.write(f"epoch {entry['epoch']}/{self.cfg.epochs}: loss {entry['train_loss']:.3e}"
-                   + (f", val {val['metric']} {val['mean']:.2f}" if val else ""),
-                   file=sys.stderr)
+        if self.world.is_main:
+            tqdm.write(f"epoch {entry['epoch']}/{self.cfg.epochs}: loss "
+                       f"{entry['train_loss']:.3e}"
+                       + (f", val {val['metric']} {val['mean']:.2f}" if val else ""),
+                       file=sys.stderr)
         self.epoch, self.step = self.epoch + 1, 0
         if val is None:
             self._improved = False
@@ -274,7 +296,7 @@ class Trainer:
     # -- files ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"format": RESUME_FORMAT, "config": self.cfg.to_dict(), "epoch": self.epoch,
-                "step": self.step, "loss_sum": self._loss_sum,
+                "step": self.step, "processes": self.world.size, "loss_sum": self._loss_sum,
                 "epoch_seconds": (time.perf_counter() - self._epoch_start) if self.step else 0.0,
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "history": self.history,
@@ -284,13 +306,18 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = state["epoch"], state["step"]
+        self.step = resumed_step(self.step, state.get("processes", 1), self.world.size,
+                                 self.steps_per_epoch)
         self._loss_sum = state["loss_sum"]
         # an epoch stopped half-way goes on counting the time it had already taken
         self._epoch_start = time.perf_counter() - state.get("epoch_seconds", 0.0)
         self.history, self.best = state["history"], state["best"]
 
     def save(self, out: Path) -> None:
-        """``resume.pt``, ``last.pt`` (and ``best.pt`` after an improving epoch), ``log.jsonl``."""
+        """``resume.pt``, ``last.pt`` (and ``best.pt`` after an improving epoch), ``log.jsonl``;
+        written by rank 0 alone."""
+        if not self.world.is_main:
+            return
         meta = {"epoch": self.epoch, "step": self.step, "complete": self.finished,
                 "metrics": self.history[-1] if self.history else None,
                 "data": self.cfg.data, "seed": self.cfg.seed, "task": self.cfg.task}
@@ -302,6 +329,15 @@ class Trainer:
         torch.save(self.state_dict(), buffer)
         write_atomic(out / "resume.pt", buffer.getvalue())
         write_atomic(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+
+
+def resumed_step(step: int, processes: int, now: int, steps_per_epoch: int) -> int:
+    """The step of an epoch stopped at ``step`` by ``processes`` processes, continued by
+    ``now``: after as many samples as were seen (``step x batch x processes``), at the batch
+    boundary at or before them."""
+    if processes == now:
+        return step
+    return min(step * processes // now, steps_per_epoch)
 
 
 def _better(a: float, b: float) -> bool:
@@ -353,13 +389,15 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
     else:
         refuse_used_out(out, RUN_FILES, "training run", force)
     check_writable_dir(out, "--resume" if resume else "--out")  # before loading any data
-    trainer = Trainer(cfg)
+    # every rank has checked the inputs before the first collective (DDP's broadcast of the
+    # weights in Trainer), so rank 0's first write cannot be taken for another run's files
+    trainer = Trainer(cfg, from_env(cfg.device))
     if state is not None:
         try:
             trainer.load_state_dict(state)
         except (KeyError, RuntimeError, ValueError) as e:
             raise NasError(f"{out / 'resume.pt'}: does not match this run ({e})") from None
-    elif force:
+    elif force and trainer.world.is_main:
         clear_run_files(out, RUN_FILES)
     out.mkdir(parents=True, exist_ok=True)
     if not trainer.run(out, progress=progress, on_step=on_step):
@@ -369,6 +407,13 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
 
 
 def _finish(trainer: Trainer, out: Path, progress: bool) -> dict:
+    """The final evaluation and ``metrics.json``, by rank 0; the other ranks get its report."""
+    world = trainer.world
+    report = _final_report(trainer, out, progress) if world.is_main else None
+    return world.broadcast(report)
+
+
+def _final_report(trainer: Trainer, out: Path, progress: bool) -> dict:
     cfg = trainer.cfg
     final = trainer.validate(progress=progress)
     final_flip = trainer.validate(flip=True, progress=progress)
@@ -380,6 +425,9 @@ def _finish(trainer: Trainer, out: Path, progress: bool) -> dict:
         "data": cfg.data or "synthetic",
         "val_data": cfg.val_data or cfg.data or "synthetic",
         "epochs": cfg.epochs,
+        "processes": trainer.world.size,
+        "batch_size_per_rank": cfg.batch_size,
+        "global_batch_size": cfg.batch_size * trainer.world.size,
         "metric": final["metric"],
         "final": final,
         "final_flip": final_flip,

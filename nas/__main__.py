@@ -1,0 +1,7 @@
+"""``python -m nas`` (and ``torchrun ... -m nas``): the ``nas`` command line."""
+
+import sys
+
+from nas.cli import main
+
+sys.exit(main())
