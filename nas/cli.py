@@ -10,7 +10,9 @@ moment, imports included, is one line and status 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import json
 import os
 import pkgutil
@@ -79,7 +81,11 @@ def _main(argv: list[str] | None) -> int:
     rank = int(os.environ.get("RANK", "0") or 0)
     prefix = "nas" if rank == 0 else f"nas[rank {rank}]"
     try:
-        result = args.handler(args)
+        if rank == 0:
+            result = args.handler(args)
+        else:   # rank 0 prints the run's messages; this rank its errors alone
+            with contextlib.redirect_stderr(io.StringIO()):
+                result = args.handler(args)
     except NasError as e:
         print(f"{prefix}: error: {e}", file=sys.stderr)
         return USAGE_ERROR

@@ -40,7 +40,7 @@ import torch.distributed as dist
 
 from supernets.errors import NasError
 
-__all__ = ["World", "from_env", "shutdown"]
+__all__ = ["World", "from_env", "resumed_step", "shutdown"]
 
 TIMEOUT = timedelta(minutes=30)   # a rank validating alone keeps the others waiting this long
 
@@ -96,6 +96,45 @@ class World:
         if self.enabled:
             dist.barrier()
 
+    def gather(self, obj) -> list:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def average(self, tensors) -> None:
+        """Average ``tensors`` (gradients, loss values) across the ranks in place, in one
+        all-reduce of their concatenation."""
+        tensors = [t for t in tensors if t is not None]
+        if not self.enabled or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat)
+        flat /= self.size
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def broadcast_tensors(self, tensors) -> None:
+        """Rank 0's values of ``tensors`` (BatchNorm statistics, say) on every rank, in place."""
+        if self.enabled:
+            for t in tensors:
+                dist.broadcast(t, src=0)
+
+    def check_agree(self, value, what: str) -> None:
+        """NasError on every rank when the ranks hold different ``value`` (a checksum, a device
+        identity): they would search or measure different things."""
+        if not self.enabled:
+            return
+        values = self.gather(value)
+        if any(v != values[0] for v in values):
+            differ = next(r for r, v in enumerate(values) if v != values[0])
+            raise NasError(f"the {self.size} processes disagree about {what}: rank 0 has "
+                           f"{values[0]!r}, rank {differ} {values[differ]!r}")
+
     def _collective_device(self) -> torch.device:
         return torch.device("cuda", self.local_rank) if self.backend == "nccl" \
             else torch.device("cpu")
@@ -130,3 +169,12 @@ def shutdown() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def resumed_step(step: int, processes: int, now: int, steps_per_epoch: int) -> int:
+    """The step of an epoch stopped at ``step`` by ``processes`` processes, continued by
+    ``now``: after as many samples as were seen (``step x batch x processes``), at the batch
+    boundary at or before them."""
+    if processes == now:
+        return step
+    return min(step * processes // now, steps_per_epoch)

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from nas.checkpoint import layers_difference, save_model_checkpoint
 from nas.checks import check_float, check_int
-from nas.distributed import World, from_env
+from nas.distributed import World, from_env, resumed_step
 from nas.interrupt import stop_on_sigint
 from nas.tasks import TASKS, get_task
 from supernets.errors import NasError
@@ -329,15 +329,6 @@ class Trainer:
         torch.save(self.state_dict(), buffer)
         write_atomic(out / "resume.pt", buffer.getvalue())
         write_atomic(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
-
-
-def resumed_step(step: int, processes: int, now: int, steps_per_epoch: int) -> int:
-    """The step of an epoch stopped at ``step`` by ``processes`` processes, continued by
-    ``now``: after as many samples as were seen (``step x batch x processes``), at the batch
-    boundary at or before them."""
-    if processes == now:
-        return step
-    return min(step * processes // now, steps_per_epoch)
 
 
 def _better(a: float, b: float) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 import nas
+from nas.distributed import World, from_env
 from nas.search.budget import format_ms
 from nas.search.derive import derive
 from nas.search.rank import rank
@@ -213,15 +214,36 @@ def budget_window(cfg: SearchConfig, budget_ms: float, fastest_ms: float) -> tup
 
 
 def prepare(cfg: SearchConfig, *, lut: str | None = None, allow_foreign_lut: bool = False,
-            progress: bool = True, resumed: bool = False) -> Searcher:
+            progress: bool = True, resumed: bool = False, world: World | None = None
+            ) -> Searcher:
     """Everything up to the first training step of a differentiable search (``setup``, data,
-    supernet); raises NasError before any output exists."""
-    s = setup(cfg, lut=lut, allow_foreign_lut=allow_foreign_lut, progress=progress,
-              resumed=resumed)
+    supernet); raises NasError before any output exists.
+
+    With several processes (``nas.distributed``) rank 0 sets up first, alone: its speed probe
+    (or the build of a missing table) runs with the other ranks idle; they then load the same
+    table with rank 0's correction, and every rank must see the same device identity."""
+    world = world or World()
+    if world.is_main:
+        s = setup(cfg, lut=lut, allow_foreign_lut=allow_foreign_lut, progress=progress,
+                  resumed=resumed)
+    world.barrier()
+    correction, probe, path = world.broadcast(
+        (cfg.latency_correction, s.probe.to_dict() if s.probe is not None else None,
+         str(s.table.path)) if world.is_main else None)
+    if not world.is_main:
+        cfg.latency_correction = correction
+        s = setup(cfg, lut=lut or path, allow_foreign_lut=allow_foreign_lut, progress=False,
+                  resumed=True)
+    if world.enabled:
+        from lut.fingerprint import device_slug, fingerprint
+
+        world.check_agree(device_slug(fingerprint(torch.device(world.device(cfg.device)),
+                                                  s.table.threads)),
+                          "the device the latency table describes")
     train_set, arch_set = _datasets(cfg, s.space)
     searcher = Searcher(cfg, s.space, s.predictor, train_set, arch_set,
-                        accuracy_only=s.accuracy_only, bounds_ms=s.bounds_ms)
-    searcher.probe = s.probe.to_dict() if s.probe is not None else None
+                        accuracy_only=s.accuracy_only, bounds_ms=s.bounds_ms, world=world)
+    searcher.probe = probe
     return searcher
 
 
@@ -261,8 +283,9 @@ def search(cfg: SearchConfig | None, out: Path, *, lut: str | None = None,
     else:
         refuse_used_out(out, RUN_FILES, "search", force)
     check_writable_dir(out, "--resume" if resume else "--out")  # before any work
+    world = from_env(cfg.device)
     searcher = prepare(cfg, lut=lut, allow_foreign_lut=allow_foreign_lut, progress=progress,
-                       resumed=state is not None)
+                       resumed=state is not None, world=world)
     if state is not None:
         searcher.probe = state.get("probe")
     if state is not None:
@@ -270,15 +293,17 @@ def search(cfg: SearchConfig | None, out: Path, *, lut: str | None = None,
             searcher.load_state_dict(state)
         except (KeyError, RuntimeError, ValueError) as e:
             raise NasError(f"{ckpt}: checkpoint does not match this search ({e})") from None
-    elif force:
+    elif force and world.is_main:
         clear_run_files(out, RUN_FILES)
     out.mkdir(parents=True, exist_ok=True)
     complete = searcher.run(ckpt, progress=progress, on_step=on_step)
-    write_jsonl(out / "log.jsonl", searcher.history)
+    if world.is_main:
+        write_jsonl(out / "log.jsonl", searcher.history)
     if not complete:
         return {"status": "interrupted", "checkpoint": str(ckpt),
                 "resume": f"nas search --resume {out}"}
-    return _finish(searcher, out)
+    # derivation, ranking and the measured check: rank 0, with the others idle
+    return world.broadcast(_finish(searcher, out) if world.is_main else None)
 
 
 def _measured_checks(searcher: Searcher, probs: dict, ranked: list[dict],
@@ -417,6 +442,10 @@ def _finish(searcher: Searcher, out: Path) -> dict:
                      "choices": dict(c["spec"].choices)} for c in ranked]
         if cfg.rank_samples > 0 else None,
         "ranking_seconds": getattr(searcher, "rank_seconds", None),
+        "processes": searcher.world.size,
+        "batch_size_per_rank": cfg.batch_size,
+        "global_batch_size": cfg.batch_size * searcher.world.size,
+        "arch_batch_size_per_rank": cfg.arch_batch_size,
         "measured_ms": measured_ms,
         "measured": measured,
         "measured_over_budget": measured_ms / cfg.budget_ms if measured else None,

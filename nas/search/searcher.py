@@ -49,10 +49,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import DistributedSampler, default_collate
 from tqdm import tqdm
 
 from nas.checks import check_float, check_int
+from nas.distributed import World, resumed_step
 from nas.interrupt import stop_on_sigint
 from nas.search.relax import MODES, ArchParameters
 from nas.tasks import get_task
@@ -254,15 +255,16 @@ class Searcher:
 
     def __init__(self, cfg: SearchConfig, space: SearchSpace, predictor, train_set, arch_set,
                  *, accuracy_only: bool = False,
-                 bounds_ms: tuple[float, float] | None = None):
+                 bounds_ms: tuple[float, float] | None = None, world: World | None = None):
         self.cfg = cfg
+        self.world = world or World()
         self.space = space
         self.task = get_task(cfg.task)
         self.predictor = predictor
         self.train_set = train_set
         self.arch_set = arch_set
         self.accuracy_only = accuracy_only
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(self.world.device(cfg.device))
         torch.manual_seed(cfg.seed)  # weight init only; every draw below uses self.gen
         # channels_last: on the CPU, NCHW depthwise-conv backward has a slow path (k5/k7 steps
         # seconds long); channels_last goes through oneDNN and is 10-100x faster.
@@ -285,7 +287,9 @@ class Searcher:
         self.bounds_ms = bounds_ms  # (fastest, slowest) predicted latency of the space
         table_path = getattr(getattr(predictor, "table", None), "path", None)
         self.lut_path: str | None = str(table_path) if table_path else None
-        self.steps_per_epoch = max(1, len(train_set) // cfg.batch_size)
+        # several processes: each rank its share of the split (DistributedSampler)
+        self.steps_per_epoch = max(1, math.ceil(len(train_set) / self.world.size)
+                                   // cfg.batch_size)
 
     # -- control ---------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -297,9 +301,17 @@ class Searcher:
         return self.epoch >= self.cfg.epochs
 
     # -- data ------------------------------------------------------------------------------
-    def _order(self, n: int, salt: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch * 7919 + salt)
-        return torch.randperm(n, generator=g).tolist()
+    def _order(self, dataset, salt: int) -> list[int]:
+        """This epoch's order of ``dataset``; with several processes this rank's share of one
+        seeded permutation (``DistributedSampler``), every rank a different share."""
+        seed = self.cfg.seed * 1_000_003 + salt
+        if self.world.enabled:
+            sampler = DistributedSampler(dataset, num_replicas=self.world.size,
+                                         rank=self.world.rank, shuffle=True, seed=seed)
+            sampler.set_epoch(self.epoch * 7919)
+            return list(sampler)
+        g = torch.Generator().manual_seed(seed + self.epoch * 7919)
+        return torch.randperm(len(dataset), generator=g).tolist()
 
     def _batch(self, dataset, order: list[int], k: int, bs: int) -> dict:
         idx = [order[(k * bs + i) % len(order)] for i in range(bs)]
@@ -326,7 +338,7 @@ class Searcher:
         loss, as the cost term is (a log): a heatmap MSE of ~5e-3 has gradients ~1e-5 that
         lambda x d log_tau(E[latency]) / d alpha (~4e-5 at lambda 0.1) would otherwise swamp,
         and Adam would then follow the sign of the cost gradient alone."""
-        value = float(task.detach())
+        value = self.world.mean(float(task.detach()))
         self.loss_scale = value if self.loss_scale is None else \
             0.9 * self.loss_scale + 0.1 * value
         return task / self.loss_scale
@@ -341,6 +353,8 @@ class Searcher:
         loss = self._task_loss(batch, mixes)
         self.opt_w.zero_grad(set_to_none=True)
         loss.backward()
+        # every rank drew the same path (same generator): average the gradients it produced
+        self.world.average([p.grad for p in self.supernet.parameters()])
         self.opt_w.step()
         return float(loss.detach())
 
@@ -353,6 +367,10 @@ class Searcher:
             for path in paths:
                 out = self.supernet(batch["image"], {lb: [(i, 1.0)] for lb, i in path.items()})
                 losses.append(float(self.task.loss(out, batch)))
+        if self.world.enabled:   # each path's loss over every rank's batch: the same step
+            t = torch.tensor(losses, dtype=torch.float64)
+            self.world.average([t])
+            losses = t.tolist()
         mean = float(np.mean(losses))
         self.loss_scale = mean if self.loss_scale is None else 0.9 * self.loss_scale + 0.1 * mean
         k = len(losses)
@@ -383,6 +401,7 @@ class Searcher:
         self.opt_a.zero_grad(set_to_none=True)
         for p, g in zip(params, grads, strict=True):
             p.grad = g if g is not None else torch.zeros_like(p)
+        self.world.average([p.grad for p in params])   # the same update on every rank
         self.opt_a.step()
         if cfg.mode == "path":
             self.arch.rescale_sampled(before)
@@ -418,6 +437,8 @@ class Searcher:
             on_step: Callable[[Searcher], None] | None = None) -> bool:
         """Train until the last epoch or a stop request; True when the search is complete."""
         total = self.cfg.epochs * self.steps_per_epoch
+        progress = progress and self.world.is_main
+        checkpoint = checkpoint if self.world.is_main else None   # rank 0 alone writes
         with stop_on_sigint(self.request_stop), tqdm(
                 total=total, initial=self.epoch * self.steps_per_epoch + self.step,
                 disable=not progress, unit="step", desc="search", dynamic_ncols=True) as bar:
@@ -437,14 +458,14 @@ class Searcher:
         temperature = cfg.temperature * cfg.temperature_decay ** self.epoch
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(self.epoch)
-        w_order = self._order(len(self.train_set), 1)
-        a_order = self._order(len(self.arch_set), 2)
+        w_order = self._order(self.train_set, 1)
+        a_order = self._order(self.arch_set, 2)
         if self.step == 0:
             self._epoch_stats = {"weight_loss": [], "arch_loss": [], "expected_ms": [],
                                  "argmax_ms": [], "start": time.perf_counter()}
         stats = self._epoch_stats
         while self.step < self.steps_per_epoch:
-            if self._stop:
+            if self.world.any(self._stop):   # every rank stops at the same step
                 return False
             stats["weight_loss"].append(self._weight_step(
                 self._batch(self.train_set, w_order, self.step, cfg.batch_size), warmup,
@@ -468,6 +489,14 @@ class Searcher:
 
     def _end_epoch(self, warmup: bool, temperature: float) -> None:
         stats = self._epoch_stats
+        world = self.world
+        if world.enabled:
+            # rank 0's BatchNorm statistics everywhere (each rank normalised its own batches),
+            # and a check that the architecture parameters are the same on every rank
+            world.broadcast_tensors(self.supernet.buffers())
+            world.check_agree(round(float(sum(a.detach().double().sum() for a in
+                                              self.arch.alphas)), 9),
+                              "the architecture parameters (a checksum)")
         with torch.no_grad():
             expected = float(self.expected_latency())
         probs = {lb: [round(float(x), 5) for x in p.detach()]
@@ -475,8 +504,9 @@ class Searcher:
         self.history.append({
             "epoch": self.epoch + 1,
             "phase": "warmup" if warmup else "search",
-            "weight_loss": float(np.mean(stats["weight_loss"])),
-            "arch_loss": float(np.mean(stats["arch_loss"])) if stats["arch_loss"] else None,
+            "weight_loss": world.mean(float(np.mean(stats["weight_loss"]))),
+            "arch_loss": world.mean(float(np.mean(stats["arch_loss"])))
+            if stats["arch_loss"] else None,
             "expected_ms": expected,
             "argmax_ms": self.argmax_latency(),
             "lam": self.lam,
@@ -484,6 +514,7 @@ class Searcher:
             "layer_entropy": self.arch.layer_entropies(),
             "temperature": temperature if self.cfg.mode == "gumbel" else None,
             "seconds": time.perf_counter() - stats["start"],
+            "processes": world.size,
             "probs": probs,
         })
         self.lam_trajectory.append((self.epoch + 1, self.lam))
@@ -497,6 +528,7 @@ class Searcher:
             "config": self.cfg.to_dict(),
             "epoch": self.epoch,
             "step": self.step,
+            "processes": self.world.size,
             "supernet": self.supernet.state_dict(),
             "arch": self.arch.state_dict(),
             "opt_w": self.opt_w.state_dict(),
@@ -520,6 +552,8 @@ class Searcher:
         self.loss_scale = state.get("loss_scale")
         self.gen.set_state(state["gen"])
         self.epoch, self.step = state["epoch"], state["step"]
+        self.step = resumed_step(self.step, state.get("processes", 1), self.world.size,
+                                 self.steps_per_epoch)
         self.history = state["history"]
         self.lam_trajectory = [tuple(x) for x in state["lam_trajectory"]]
         if state.get("epoch_stats") is not None:
