@@ -433,3 +433,60 @@ def test_score_objective_trades_the_metric_against_latency(space, predictor, bou
     with pytest.raises(NasError, match="--pareto with --objective score"):
         SearchConfig(budget_ms=10.0, task="seg", space="seg-small", objective="score",
                      strategy="optuna", pareto=True, budgets_ms=(5.0, 10.0))
+
+
+WORKER = """
+import sys
+import numpy as np
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from conftest import macs_table
+from lut import LatencyPredictor, LatencyTable
+from nas.search.blackbox import Study, Window, open_storage, space_signature
+from supernets.space import get_space
+
+space = get_space("cpu-small", input_size=(64, 64))
+predictor = LatencyPredictor(LatencyTable.load({lut!r}, allow_foreign=True))
+(_, fast), (_, slow) = predictor.bounds(space)
+budget = fast + 0.3 * (slow - fast)
+target = space.sample(np.random.default_rng(11))
+
+class Scorer:
+    def score(self, spec):
+        d = float(np.mean([spec.choices[k] != v for k, v in target.choices.items()]))
+        return {{"loss": d, "pck": 100 * (1 - d), "seconds": 0.0}}
+
+study = Study(space=space, predictor=predictor, scorer=Scorer(),
+              windows=[Window(budget, 0.87 * budget, 0.97 * budget)], strategy="optuna",
+              objective="loss", pareto=False, seed=0, trials=24,
+              storage=open_storage({url!r}, Path({out!r})), name="shared",
+              attrs={{"nas.space": space_signature(space)}}, worker=int(sys.argv[1]))
+assert study.run(progress=False)
+"""
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_two_workers_share_one_study(kind, lut_path, tmp_path):
+    """Two processes started together on one journal file or one SQLite database: one study,
+    trial numbers unique, every trial of both in it, the trial count reached together."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import optuna
+
+    url = str(tmp_path / "study.journal") if kind == "journal" else \
+        f"sqlite:///{tmp_path / 'study.db'}"
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(tests=str(Path(__file__).parent), lut=str(lut_path),
+                                    url=url, out=str(tmp_path)))
+    workers = [subprocess.Popen([sys.executable, str(script), str(w)], stderr=subprocess.PIPE,
+                                text=True) for w in (1, 2)]
+    for w in workers:
+        assert w.wait(timeout=300) == 0, w.stderr.read()[-2000:]
+    trials = optuna.load_study(study_name="shared", storage=open_storage(url, tmp_path)
+                               ).get_trials(deepcopy=False)
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers)) == max(numbers) + 1
+    evaluated = {t.user_attrs["key"] for t in trials if t.user_attrs.get("evaluated")}
+    assert len(evaluated) >= 24   # each stops once the study holds 24 scored networks

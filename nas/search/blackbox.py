@@ -41,6 +41,7 @@ import json
 import math
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,9 @@ def _redact(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
+RDB_ATTEMPTS = 4   # opening a database: tries before the error (0.2, 0.4, 0.6 s apart)
+
+
 def open_storage(url: str | None, out: Path):
     """The study's storage: the run directory's journal file, a journal file path, or an RDB
     URL (``sqlite:///...``, ``postgresql://...``, ``mysql://...``)."""
@@ -96,17 +100,23 @@ def open_storage(url: str | None, out: Path):
             return JournalStorage(JournalFileBackend(str(path)))
         except OSError as e:
             raise NasError(f"--storage {path}: cannot open the journal ({e.strerror})") from None
-    try:
-        storage = optuna.storages.RDBStorage(url)
-        storage.get_all_studies()  # connects
-        return storage
-    except ImportError as e:
-        raise NasError(f"--storage {_redact(url)}: its database driver is not installed "
-                       f"({e.name or e})") from None
-    except Exception as e:  # noqa: BLE001  SQLAlchemy raises many types for unreachable DBs
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NasError(f"--storage {_redact(url)}: cannot open the study database ({why[:160]})"
-                       ) from None
+    for attempt in range(RDB_ATTEMPTS):
+        try:
+            storage = optuna.storages.RDBStorage(url)
+            storage.get_all_studies()  # connects
+            return storage
+        except ImportError as e:
+            raise NasError(f"--storage {_redact(url)}: its database driver is not installed "
+                           f"({e.name or e})") from None
+        except Exception as e:  # noqa: BLE001  SQLAlchemy raises many types for unreachable DBs
+            # workers started together race to create a new database's schema (a UNIQUE
+            # constraint fails in the loser): the schema is there a moment later
+            if attempt + 1 < RDB_ATTEMPTS:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise NasError(f"--storage {_redact(url)}: cannot open the study database "
+                           f"({why[:160]})") from None
 
 
 @dataclass
@@ -130,7 +140,7 @@ class Study:
 
     def __init__(self, *, space: SearchSpace, predictor, scorer, windows: list[Window],
                  strategy: str, objective: str, pareto: bool, seed: int, trials: int,
-                 storage, name: str, attrs: dict):
+                 storage, name: str, attrs: dict, worker: int = 0):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -145,6 +155,7 @@ class Study:
         self.space, self.latency, self.scorer = space, predictor.latency, scorer
         self.windows, self.strategy, self.objective = windows, strategy, objective
         self.pareto, self.trials, self.seed = pareto, trials, seed
+        self.worker = worker   # 0 alone; distinct per process sharing a study (its stream)
         self.layers = space.choice_layers()
         # the union of the budgets' windows is the feasible region
         lows = [w.low for w in windows]
@@ -158,7 +169,7 @@ class Study:
         self.study = self._load_or_create(optuna, storage, name, directions, attrs)
         self.sampler = self._sampler(optuna)
         done = len(self.study.get_trials(deepcopy=False))
-        self.rng = np.random.default_rng([seed, done])
+        self.rng = np.random.default_rng([seed, done, worker] if worker else [seed, done])
         self.study.sampler = self.sampler
         self._stop = False
 
@@ -166,10 +177,18 @@ class Study:
         try:
             study = optuna.load_study(study_name=name, storage=storage)
         except KeyError:
-            study = optuna.create_study(study_name=name, storage=storage, directions=directions)
-            for k, v in attrs.items():
-                study.set_user_attr(k, v)
-            return study
+            try:
+                study = optuna.create_study(study_name=name, storage=storage,
+                                            directions=directions)
+            except optuna.exceptions.DuplicatedStudyError:
+                # another worker created it a moment ago: join it once its attributes are set
+                study = self._joined(optuna, storage, name, attrs)
+            else:
+                for k, v in attrs.items():
+                    study.set_user_attr(k, v)
+                return study
+        if any(k not in study.user_attrs for k in attrs):   # being created by another worker
+            study = self._joined(optuna, storage, name, attrs)
         theirs = study.user_attrs
         for k, v in attrs.items():
             if json.loads(json.dumps(theirs.get(k))) != json.loads(json.dumps(v)):
@@ -181,11 +200,24 @@ class Study:
                            f"{[d.name.lower() for d in study.directions]}, not {directions}")
         return study
 
+    @staticmethod
+    def _joined(optuna, storage, name, attrs, wait_s: float = 10.0):
+        """The study another worker is creating, once it carries every attribute."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            study = optuna.load_study(study_name=name, storage=storage)
+            if all(k in study.user_attrs for k in attrs) or time.monotonic() > deadline:
+                return study
+            time.sleep(0.1)
+
     def _sampler(self, optuna):
         # a process joining a study that has trials already draws from another stream, so that
-        # workers (and a resumed run) do not repeat the proposals the first one made
+        # workers (and a resumed run) do not repeat the proposals the first one made; workers
+        # started together (done 0 for each) are told apart by ``worker``
         done = len(self.study.get_trials(deepcopy=False))
         seed = self.seed if done == 0 else self.seed * 7_919 + done
+        if self.worker:
+            seed = seed * 104_729 + self.worker
         if self.strategy == "random":
             return optuna.samplers.RandomSampler(seed=seed)  # every proposal is enqueued
         if self.pareto:
@@ -249,12 +281,16 @@ class Study:
                 proposals += 1
                 try:
                     values, new, spec, ms = self._evaluate(trial, scored)
+                    self.study.tell(trial, values)
                 except BaseException:
+                    if self._taken(trial):
+                        # a queued trial another worker sharing the study took as well (an RDB
+                        # without row locks can hand one waiting trial to two): theirs now
+                        continue
                     from optuna.trial import TrialState
 
                     self.study.tell(trial, state=TrialState.FAIL)
                     raise
-                self.study.tell(trial, values)
                 if not self.feasible.contains(ms):
                     # the sampler learns the constraint from this proposal; the next one is the
                     # network of the window nearest to it, so no evaluation is lost to it
@@ -270,6 +306,13 @@ class Study:
                                         refresh=False)
                     bar.refresh()
         return True
+
+    def _taken(self, trial) -> bool:
+        """Whether ``trial`` was finished by another worker while this one held it."""
+        try:
+            return self.study.get_trials(deepcopy=False)[trial.number].state.is_finished()
+        except Exception:  # noqa: BLE001  the storage itself failing: not a taken trial
+            return False
 
     def _evaluate(self, trial, scored: dict) -> tuple[list[float], bool, ArchSpec, float]:
         spec = self._spec(trial)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -125,6 +126,16 @@ def _train_supernet(cfg: SearchConfig, space, out: Path, progress: bool):
             sum(h["seconds"] for h in state.get("history", [])))
 
 
+def _worker(cfg: SearchConfig) -> int:
+    """This process's stream in a shared study: 0 for a study of its own (reproducible from
+    the seed); with ``--storage`` (shared by intent) torchrun's RANK + 1, else the process id,
+    so that workers started together do not propose the same networks."""
+    if cfg.storage is None:
+        return 0
+    rank = os.environ.get("RANK")
+    return int(rank) + 1 if rank is not None else os.getpid()
+
+
 def _windows(cfg: SearchConfig, s) -> list[Window]:
     from nas.search.run import budget_window
 
@@ -195,7 +206,7 @@ def search_blackbox(cfg: SearchConfig | None, out: Path, *, lut: str | None = No
     study = Study(space=s.space, predictor=s.predictor, scorer=scorer, windows=windows,
                   strategy=cfg.strategy, objective=cfg.objective, pareto=cfg.pareto,
                   seed=cfg.seed, trials=cfg.trials, storage=storage, name=cfg.study,
-                  attrs=attrs)
+                  attrs=attrs, worker=_worker(cfg))
     t1 = time.perf_counter()
     complete = study.run(progress=progress)
     rows = study.rows()
