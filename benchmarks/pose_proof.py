@@ -21,7 +21,7 @@ accuracy-only search), with this machine's latency table for that space
 Target: searched >= mobilenetv2 + 1.0 PCK@0.2 at no more measured latency, and above the best
 random network. The recipe is the same for every model and is not tuned per model.
 
-    python benchmarks/pose_proof.py [--space efficientpose-a] [--epochs 100] [--search-epochs 20] \
+    python benchmarks/pose_proof.py [--space efficientpose-a] [--epochs 100] [--search-epochs 10] \
         [--randoms 5] [--seed 0] [--threads N] [--search-option KEY=VALUE ...] \\
         [--workdir runs/proof] [--out results/benchmarks/pose_proof.md]
 
@@ -91,7 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # 100, not EfficientPose's 200: LSP's 1000 training images on a 2-core CPU, 7 models
     ap.add_argument("--epochs", type=int, default=100,
                     help="retraining epochs, the same for every model (default %(default)s)")
-    ap.add_argument("--search-epochs", type=int, default=20, help="default %(default)s")
+    ap.add_argument("--search-epochs", type=int, default=10,
+                    help="default %(default)s, nas search's")
     ap.add_argument("--rank-samples", type=int,
                     default=SearchConfig.__dataclass_fields__["rank_samples"].default,
                     help="the search's --rank-samples (default %(default)s, nas search's; the "

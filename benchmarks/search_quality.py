@@ -53,7 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--supernet", default="runs/proxies/uniform/supernet-e20.pt",
                     help="supernet for optuna and random (default: proxy_fidelity's uniform "
                          "supernet at 20 epochs)")
-    ap.add_argument("--search-epochs", type=int, default=40, help="differentiable search epochs")
+    ap.add_argument("--search-epochs", type=int, default=10,
+                    help="differentiable search epochs of a variant that names none (default "
+                         "10, nas search's)")
     ap.add_argument("--workers", type=int, default=1, help="picks trained at once")
     ap.add_argument("--posebench", default="results/posebench", help="the ground truth")
     ap.add_argument("--workdir", default="runs/search_quality")

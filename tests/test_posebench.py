@@ -554,8 +554,10 @@ def test_search_quality_runs_every_strategy_at_the_tables_setting():
     bench = BenchSettings(data="/data/lsp", budget_ms=8.499, table="t.parquet")
     q = QualitySettings(supernet="s.pt", trials=50)
     diff = search_config(q, bench, "differentiable", 1)
-    assert (diff.strategy, diff.seed, diff.epochs, diff.budget_ms) == ("differentiable", 1, 40,
+    assert (diff.strategy, diff.seed, diff.epochs, diff.budget_ms) == ("differentiable", 1, 10,
                                                                        8.499)
+    assert search_config(q, bench, "reinforce-rank", 1).epochs == 40   # a variant's own
+    assert search_config(q, bench, "random-48", 1).trials == 48
     assert diff.input_size == (128, 128) and diff.num_joints == 14 and diff.data == "/data/lsp"
     opt = search_config(q, bench, "optuna", 2)
     assert (opt.strategy, opt.trials, opt.supernet, opt.seed) == ("optuna", 50, "s.pt", 2)

@@ -36,21 +36,24 @@ VARIANTS = {
     # the default before: path mode, lambda by the argmax network; ranked among 32 draws (the
     # LSP proof's search, results/benchmarks/pose_proof_runs/search, is its seed 0)
     "path-rank": {"strategy": "differentiable", "mode": "path", "lam_control": "argmax",
-                  "arch_lr": 0.01, "rank_samples": 32},
+                  "arch_lr": 0.01, "rank_samples": 32, "epochs": 40},
     "reinforce": {"strategy": "differentiable", "mode": "reinforce", "lam_control": "expected",
-                  "arch_lr": 0.05, "rank_samples": 0},
+                  "arch_lr": 0.05, "rank_samples": 0, "epochs": 40},
     # the same search, its pick then chosen among 48 draws from the learned probabilities by
     # the supernet's held-out loss (nas.search.rank), the proxy results/posebench found best
     "reinforce-rank": {"strategy": "differentiable", "mode": "reinforce",
-                       "lam_control": "expected", "arch_lr": 0.05, "rank_samples": 48},
-    # the same at 10 epochs (5 of warm-up): a supernet trained 5 to 10 epochs ranks the ground
-    # truth best (results/posebench/proxies.md: tau 0.665), the 40-epoch one of these searches
-    # at tau 0.36
+                       "lam_control": "expected", "arch_lr": 0.05, "rank_samples": 48,
+                       "epochs": 40},
+    # the same at 10 epochs (5 of warm-up), the default since: a supernet trained 5 to 10
+    # epochs ranks the ground truth best (results/posebench/proxies.md: tau 0.665), the
+    # 40-epoch one of these searches at tau 0.36
     "reinforce-rank-e10": {"strategy": "differentiable", "mode": "reinforce",
                            "lam_control": "expected", "arch_lr": 0.05, "rank_samples": 48,
                            "epochs": 10},
     "optuna": {"strategy": "optuna"},
     "random": {"strategy": "random"},
+    # random search with the default's proxy evaluations (its ranking scores 48 networks)
+    "random-48": {"strategy": "random", "trials": 48},
 }
 
 
@@ -60,7 +63,7 @@ class QualitySettings:
     seeds: tuple[int, ...] = (0, 1, 2)
     trials: int = 300                    # proxy evaluations of optuna and random
     supernet: str | None = None          # optuna/random: a trained supernet (snapshot)
-    search_epochs: int = 40              # differentiable: the proof's
+    search_epochs: int = 10              # differentiable: nas search's default
     differentiable: dict = field(default_factory=dict)  # SearchConfig overrides
     threads: int = 1
 
@@ -90,7 +93,8 @@ def search_config(q: QualitySettings, bench: pb.BenchSettings, strategy: str, se
     if not q.supernet:
         raise NasError(f"--strategy {strategy}: give the trained supernet to search over "
                        "(--supernet, e.g. runs/proxies/uniform/supernet-e20.pt)")
-    return SearchConfig(**common, trials=q.trials, supernet=q.supernet)
+    common.setdefault("trials", q.trials)               # a variant's own evaluations first
+    return SearchConfig(**common, supernet=q.supernet)
 
 
 def run_searches(q: QualitySettings, bench: pb.BenchSettings, workdir: Path, *,
@@ -278,8 +282,9 @@ def variant_text(name: str) -> str:
         defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
         defaults["arch_lr"] = default_arch_lr(defaults["mode"])
         if all(defaults[k] == v for k, v in variant.items() if k != "epochs"):
-            text += " (the default's settings" + (
-                f" at {variant['epochs']} epochs)" if "epochs" in variant else ")")
+            epochs = variant.get("epochs", defaults["epochs"])
+            text += (" (nas search's default)" if epochs == defaults["epochs"]
+                     else f" (the default's settings at {epochs} epochs)")
     return text
 
 
@@ -322,5 +327,6 @@ def render(result: dict, q: QualitySettings, *, command: str, machine: str) -> s
     for strategy, s in result["summary"].items():
         lines.append(f"| {strategy} | {s['seeds']} | {s['mean_percentile']:.1f} | "
                      f"{s['mean_pck']:.2f} | >= 80th"
-                     + (" and above random" if strategy != "random" else "") + " |")
+                     + (" and above random" if not strategy.startswith("random") else "")
+                     + " |")
     return "\n".join(lines) + "\n"

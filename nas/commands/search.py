@@ -52,7 +52,8 @@ def register(sub) -> None:
     p.add_argument("--data", help="dataset path (Leeds Sports Pose folder); default: embedded "
                    "synthetic pose data")
     p.add_argument("--epochs", type=positive_int,
-                   help="search epochs (default 20); with --resume, extends the search")
+                   help="search epochs (default 10, 5 of them warm-up); with --resume, extends the "
+                        "search")
     p.add_argument("--warmup-epochs", type=non_negative_int,
                    help="weight-only epochs first (default: half)")
     p.add_argument("--batch-size", type=positive_int, help="batch size (default 16)")
