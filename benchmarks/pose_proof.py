@@ -52,6 +52,7 @@ from nas.bench.proof import (
     ABLATION,
     WINDOW,
     Stages,
+    check_positive,
     compare,
     derivation_only,
     machine,
@@ -119,10 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="markdown report; the JSON goes beside it (.json)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
-    for name in ("epochs", "search_epochs", "randoms", "batch_size", "threads", "limit"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            ap.error(f"--{name.replace('_', '-')} {value}: expected a positive integer")
+    check_positive(ap, args, ("epochs", "search_epochs", "randoms", "batch_size", "threads",
+                              "limit"))
     if args.rank_samples < 0:
         ap.error(f"--rank-samples {args.rank_samples}: expected 0 or more")
     return args

@@ -69,6 +69,7 @@ from nas.bench.proof import (
     ABLATION,
     WINDOW,
     Stages,
+    check_positive,
     compare,
     derivation_only,
     machine,
@@ -149,10 +150,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", action="store_true",
                     help="print the report as one JSON object instead of the markdown")
     args = ap.parse_args(argv)
-    for name in ("epochs", "search_epochs", "randoms", "batch_size", "threads", "limit"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            ap.error(f"--{name.replace('_', '-')} {value}: expected a positive integer")
+    check_positive(ap, args, ("epochs", "search_epochs", "randoms", "batch_size", "threads",
+                              "limit"))
     if args.workers < 0:
         ap.error(f"--workers {args.workers}: expected 0 or more")
     return args

@@ -105,40 +105,50 @@ def _outputs(table: LatencyTable, out_dir: Path | None) -> tuple[Path, Path, Pat
     return tuple(folder / f"{stem}.validation.{ext}" for ext in ("csv", "png", "json"))
 
 
+@dataclass(frozen=True)
+class Preflight:
+    """What ``preflight`` checked and ``validate_table`` measures."""
+
+    predictor: LatencyPredictor
+    reference: ArchSpec                  # the FLOPs estimate's reference network
+    specs: list[ArchSpec]                # the networks to validate
+    predicted: list[float]               # their predicted latency (ms)
+    paths: tuple[Path, ...] | None       # CSV, PNG, JSON
+
+
 def preflight(table: LatencyTable, *, samples: int = 30, seed: int = 1,
-              out_dir: Path | None = None
-              ) -> tuple[LatencyPredictor, list[ArchSpec], tuple[Path, ...] | None]:
+              out_dir: Path | None = None) -> Preflight:
     """What can fail before anything is measured, checked in a moment: the sample count, a
     table without calibration or missing a row the sampled networks need, and an output folder
-    that takes no files. Returns the predictor, the networks (the FLOPs reference first) and
-    the output paths; ``nas lut validate`` calls it before the speed probe too."""
+    that takes no files. ``nas lut validate`` runs it before the speed probe and hands the
+    result to ``validate_table``."""
     if samples < 2:
         raise NasError(f"--samples {samples}: expected at least 2 networks")
     predictor = LatencyPredictor(table)  # refuses an uncalibrated table, names missing rows
     rng = np.random.default_rng(seed)
-    specs = [table.space.sample(rng, "flops-reference"),
-             *(table.space.sample(rng, f"validation-{i}") for i in range(samples))]
-    for spec in specs[1:]:
-        predictor.latency(spec)  # fail on a missing row before measuring
+    reference = table.space.sample(rng, "flops-reference")
+    specs = [table.space.sample(rng, f"validation-{i}") for i in range(samples)]
+    predicted = [predictor.latency(s) for s in specs]  # fail on a missing row before measuring
     paths = _outputs(table, out_dir)
     if paths:  # and on a folder the results cannot be written to
         check_writable_dir(paths[0].parent, f"{table.where()}: the validation files go to")
         for path in paths:
             if path.is_dir():
                 raise NasError(f"{path}: is a directory, where the validation writes a file")
-    return predictor, specs, paths
+    return Preflight(predictor, reference, specs, predicted, paths)
 
 
 def validate_table(table: LatencyTable, *, samples: int = 30, seed: int = 1,
                    timing: TimingConfig | None = None, out_dir: Path | None = None,
-                   progress: bool = True, probe: dict | None = None) -> ValidationReport:
+                   progress: bool = True, probe: dict | None = None,
+                   checked: Preflight | None = None) -> ValidationReport:
     """Measure ``samples`` random networks and compare predictions; writes CSV, PNG, JSON.
 
     ``probe``: the speed probe's result (``ProbeResult.to_dict()``) taken just before, kept in
-    the report."""
-    predictor, specs, paths = preflight(table, samples=samples, seed=seed, out_dir=out_dir)
-    reference, specs = specs[0], specs[1:]
-    predicted = [predictor.latency(s) for s in specs]
+    the report; ``checked``: ``preflight``'s result for these arguments, when taken already."""
+    checked = checked or preflight(table, samples=samples, seed=seed, out_dir=out_dir)
+    predictor, reference, specs, predicted, paths = (
+        checked.predictor, checked.reference, checked.specs, checked.predicted, checked.paths)
     raw = [predictor.raw_latency(s) for s in specs]
     cal = predictor.calibration
     a, b = cal.affine if cal.affine is not None else (cal.a, cal.b)

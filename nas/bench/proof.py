@@ -61,6 +61,15 @@ class Interrupted(Exception):
     """A search or training run stopped on Ctrl-C after writing its checkpoint."""
 
 
+def check_positive(ap: argparse.ArgumentParser, args: argparse.Namespace,
+                   names: Iterable[str]) -> None:
+    """A usage error (one line, exit 2) for any of ``names`` given below 1."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            ap.error(f"--{name.replace('_', '-')} {value}: expected a positive integer")
+
+
 def search_option(reserved: Iterable[str] = ()) -> Callable[[str], tuple[str, object]]:
     """The argparse type of ``--search-option KEY=VALUE``: a ``SearchConfig`` field other than
     the ``reserved`` ones the proof sets itself; the value read as JSON, else as a string."""

@@ -203,12 +203,12 @@ def run_check(args) -> Result:
 
 def run_validate(args) -> Result:
     table = LatencyTable.load(args.table, allow_foreign=args.allow_foreign_lut)
-    preflight(table, samples=args.samples, seed=args.seed)  # bad input fails before the probe
+    checked = preflight(table, samples=args.samples, seed=args.seed)  # before the probe
     probe = lut_probe.checked_probe(table, args.allow_foreign_lut)
     timing = _timing(args.rounds, {**table.meta.get("timing", {}), "seed": args.seed})
     report = validate_table(table, samples=args.samples, seed=args.seed, timing=timing,
                             progress=not args.quiet,
-                            probe=probe.to_dict() if probe else None)
+                            probe=probe.to_dict() if probe else None, checked=checked)
     m = report.metrics
     cal = table.calibration
     cols = ("table", "table_raw", "table_affine", "flops")
