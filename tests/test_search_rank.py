@@ -7,7 +7,7 @@ import torch
 from nas.search.rank import candidates, score
 from nas.tasks.pose import heatmap_loss
 from nas.tasks.pose.task import POSE
-from supernets.flops import op_macs
+from supernets.errors import NasError
 from supernets.space import get_space
 from supernets.supernet import SuperNet
 
@@ -19,9 +19,13 @@ def space():
     return get_space("cpu-small", input_size=INPUT)
 
 
-def macs_latency(spec):
-    return sum(op_macs(lay.op, lay.in_chs, lay.out_chs, lay.stride, lay.in_hw)
-               for lay in spec.layers()) / 1e6
+@pytest.fixture(scope="module")
+def predictor(space, tmp_path_factory):
+    from conftest import macs_table
+
+    from lut import LatencyPredictor, LatencyTable
+    path = macs_table(space, tmp_path_factory.mktemp("lut"))
+    return LatencyPredictor(LatencyTable.load(path, allow_foreign=True))
 
 
 def random_probs(space, seed):
@@ -30,23 +34,55 @@ def random_probs(space, seed):
             for layer in space.choice_layers()}
 
 
-def test_candidates_are_distinct_in_window_and_reproducible(space):
+def middle_window(space, predictor):
+    lat = sorted(predictor.latency(space.sample(np.random.default_rng(i))) for i in range(50))
+    return 0.9 * lat[25], lat[25]
+
+
+@pytest.mark.parametrize("draw", ["window", "fit"])
+def test_candidates_are_distinct_in_window_and_reproducible(space, predictor, draw):
     probs = random_probs(space, 0)
-    lat = [macs_latency(space.sample(np.random.default_rng(i)))
-           for i in range(50)]
-    window = (0.9 * sorted(lat)[25], sorted(lat)[25])
-    found = candidates(space, probs, macs_latency, window, samples=12, seed=3, name="n")
+    window = middle_window(space, predictor)
+    found = candidates(space, probs, predictor, window, samples=12, seed=3, name="n", draw=draw)
     assert found[0]["source"] == "derived"
     assert 2 <= len(found) <= 13 and all(c["source"] == "sampled" for c in found[1:])
+    if draw == "window":
+        assert len(found) == 13
     keys = [tuple(sorted(c["spec"].choices.items())) for c in found]
     assert len(set(keys)) == len(keys)
     for c in found:
         assert window[0] <= c["predicted_ms"] <= window[1]
-        assert c["predicted_ms"] == pytest.approx(macs_latency(c["spec"]))
-    again = candidates(space, probs, macs_latency, window, samples=12, seed=3, name="n")
+        assert c["predicted_ms"] == pytest.approx(predictor.latency(c["spec"]))
+    again = candidates(space, probs, predictor, window, samples=12, seed=3, name="n", draw=draw)
     assert [c["spec"].choices for c in again] == [c["spec"].choices for c in found]
-    other = candidates(space, probs, macs_latency, window, samples=12, seed=4, name="n")
+    other = candidates(space, probs, predictor, window, samples=12, seed=4, name="n", draw=draw)
     assert [c["spec"].choices for c in other] != [c["spec"].choices for c in found]
+
+
+def test_window_draws_follow_the_learned_probabilities(space, predictor):
+    """Drawn among the window's networks with the probabilities as weights: a layer whose
+    probability sits on one candidate takes it in most draws, where uniform draws would take it
+    about once in its number of candidates."""
+    window = middle_window(space, predictor)
+    probs = {layer.label: torch.full((len(layer.candidates),), 1.0 / len(layer.candidates))
+             for layer in space.choice_layers()}
+    layer = space.choice_layers()[1]
+    favoured = layer.candidates[1].name
+    probs[layer.label] = torch.tensor([0.9 if i == 1 else 0.1 / (len(layer.candidates) - 1)
+                                       for i in range(len(layer.candidates))])
+
+    def share(p):
+        found = candidates(space, p, predictor, window, samples=60, seed=0, name="n")[1:]
+        return np.mean([c["spec"].choices[layer.label] == favoured for c in found])
+
+    uniform = {lb: torch.full_like(v, 1.0 / len(v)) for lb, v in probs.items()}
+    assert share(probs) > 0.6 > 0.4 > share(uniform)
+
+
+def test_unknown_draw_is_refused(space, predictor):
+    with pytest.raises(NasError, match="rank_draw 'best'"):
+        candidates(space, random_probs(space, 0), predictor, None, samples=2, seed=0,
+                   name="n", draw="best")
 
 
 def _batches(space, n, seed):

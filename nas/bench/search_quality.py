@@ -36,20 +36,25 @@ VARIANTS = {
     # the default before: path mode, lambda by the argmax network; ranked among 32 draws (the
     # LSP proof's search, results/benchmarks/pose_proof_runs/search, is its seed 0)
     "path-rank": {"strategy": "differentiable", "mode": "path", "lam_control": "argmax",
-                  "arch_lr": 0.01, "rank_samples": 32, "epochs": 40},
+                  "arch_lr": 0.01, "rank_samples": 32, "rank_draw": "fit", "epochs": 40},
     "reinforce": {"strategy": "differentiable", "mode": "reinforce", "lam_control": "expected",
                   "arch_lr": 0.05, "rank_samples": 0, "epochs": 40},
     # the same search, its pick then chosen among 48 draws from the learned probabilities by
     # the supernet's held-out loss (nas.search.rank), the proxy results/posebench found best
     "reinforce-rank": {"strategy": "differentiable", "mode": "reinforce",
                        "lam_control": "expected", "arch_lr": 0.05, "rank_samples": 48,
-                       "epochs": 40},
+                       "rank_draw": "fit", "epochs": 40},
     # the same at 10 epochs (5 of warm-up), the default since: a supernet trained 5 to 10
     # epochs ranks the ground truth best (results/posebench/proxies.md: tau 0.665), the
     # 40-epoch one of these searches at tau 0.36
     "reinforce-rank-e10": {"strategy": "differentiable", "mode": "reinforce",
                            "lam_control": "expected", "arch_lr": 0.05, "rank_samples": 48,
-                           "epochs": 10},
+                           "rank_draw": "fit", "epochs": 10},
+    # the same search, its 48 candidates drawn from the learned probabilities among the
+    # window's networks (nas.search.rank, draw "window") instead of fitted into it
+    "reinforce-window-e10": {"strategy": "differentiable", "mode": "reinforce",
+                             "lam_control": "expected", "arch_lr": 0.05, "rank_samples": 48,
+                             "rank_draw": "window", "epochs": 10},
     "optuna": {"strategy": "optuna"},
     "random": {"strategy": "random"},
     # random search with the default's proxy evaluations (its ranking scores 48 networks)

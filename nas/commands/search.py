@@ -77,6 +77,10 @@ def register(sub) -> None:
                    help="after the search, rank the derived network and N more drawn from the "
                         "learned probabilities by the supernet's held-out loss (default 48; "
                         "0: derivation alone)")
+    p.add_argument("--rank-draw", choices=("window", "fit"),
+                   help="how the ranked networks are drawn: window, from the learned "
+                        "probabilities among the networks of the latency window (default); fit, "
+                        "each draw fitted into the window by derivation")
     g = p.add_argument_group("optuna and random strategies")
     g.add_argument("--trials", type=positive_int,
                    help="networks inside the window scored by the supernet (proxy evaluations, "
@@ -114,12 +118,12 @@ def register(sub) -> None:
 
 _CFG_ARGS = ("task", "space", "data", "epochs", "warmup_epochs", "batch_size", "arch_batch_size",
              "train_samples", "mode", "arch_samples", "lam_control", "lam", "tau", "arch_lr",
-             "rank_samples", "seed", "device", "runtime", "provider",
+             "rank_samples", "rank_draw", "seed", "device", "runtime", "provider",
              "threads", "strategy", "trials", "objective", "supernet", "supernet_rule",
              "storage", "study", "pareto", "score_images")
 # settings read by one kind of strategy only
 _DIFFERENTIABLE_ONLY = ("warmup_epochs", "arch_batch_size", "mode", "arch_samples",
-                        "lam_control", "lam", "tau", "arch_lr", "rank_samples")
+                        "lam_control", "lam", "tau", "arch_lr", "rank_samples", "rank_draw")
 _PROPOSING_ONLY = ("trials", "objective", "supernet", "supernet_rule", "storage", "study",
                    "pareto", "score_images")
 # what a resumed search takes from its checkpoint; --epochs (differentiable) or --trials

@@ -134,6 +134,9 @@ class SearchConfig:
     # probabilities, ranked by the supernet's held-out loss (nas.search.rank), the proxy that
     # ranks standalone networks best (results/posebench/proxies.md); 0: derivation alone
     rank_samples: int = 48
+    # how they are drawn (nas.search.rank): "window", from the learned probabilities among the
+    # window's networks; "fit", each draw fitted into the window by derivation (before)
+    rank_draw: str = "window"
     rank_images: int = 256              # architecture-split images each candidate is scored on
     rank_bn_batches: int = 8            # weight-split batches to recompute BatchNorm statistics
     temperature: float = 5.0            # gumbel: initial temperature, x decay per epoch (FBNet)
@@ -223,6 +226,8 @@ class SearchConfig:
         for name in ("epochs", "batch_size", "train_samples", "rank_images", "rank_bn_batches"):
             check_int(name, getattr(self, name))
         check_int("rank_samples", self.rank_samples, minimum=0)
+        if self.rank_draw not in ("window", "fit"):
+            raise NasError(f"rank_draw {self.rank_draw!r}: expected window or fit")
         check_int("seed", self.seed, minimum=0)
         for name in ("arch_batch_size", "threads", "num_joints", "warmup_epochs"):
             check_int(name, getattr(self, name), minimum=0 if name == "warmup_epochs" else 1,
