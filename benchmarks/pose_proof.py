@@ -22,7 +22,7 @@ Target: searched >= mobilenetv2 + 1.0 PCK@0.2 at no more measured latency, and a
 random network. The recipe is the same for every model and is not tuned per model.
 
     python benchmarks/pose_proof.py [--space efficientpose-a] [--epochs 100] [--search-epochs 10] \
-        [--randoms 5] [--seed 0] [--threads N] [--search-option KEY=VALUE ...] \\
+        [--randoms 5] [--seed 0] [--threads N] [--jobs N] [--search-option KEY=VALUE ...] \\
         [--workdir runs/proof] [--out results/benchmarks/pose_proof.md]
 
 Resume: every stage writes its output into ``--workdir`` (``budget.json``, ``search/report.json``,
@@ -111,17 +111,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, help="CPU threads for search and training "
                     "(latency is always measured with the table's thread count)")
     ap.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="retrain up to N models at once, each in its own process (default 1)")
     ap.add_argument("--limit", type=int, help="at most N training and test images per "
                     "retraining run (smoke runs; the search uses the whole training split)")
     ap.add_argument("--lut", help="latency table (default: this machine's table of the space at "
                     "LSP's input)")
+    ap.add_argument("--allow-foreign-lut", action="store_true",
+                    help="take --lut although its fingerprint is not this machine's (the proof's "
+                         "table from before the fingerprint's CPU fields; the latencies reported "
+                         "are measured here either way)")
     ap.add_argument("--workdir", default="runs/proof", help="runs and stage outputs")
     ap.add_argument("--out", default="results/benchmarks/pose_proof.md",
                     help="markdown report; the JSON goes beside it (.json)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     check_positive(ap, args, ("epochs", "search_epochs", "randoms", "batch_size", "threads",
-                              "limit"))
+                              "limit", "jobs"))
     if args.rank_samples < 0:
         ap.error(f"--rank-samples {args.rank_samples}: expected 0 or more")
     return args
@@ -264,7 +270,7 @@ def run(args: argparse.Namespace) -> dict:
         raise NasError(f"{lut_path}: no latency table for {args.space} at {PRESET}'s input on "
                        f"this machine; build it with: nas lut build --space {args.space} "
                        f"--preset {PRESET}")
-    table = lutlib.LatencyTable.load(lut_path)
+    table = lutlib.LatencyTable.load(lut_path, allow_foreign=args.allow_foreign_lut)
     predictor = lutlib.LatencyPredictor(table)
     # workdirs from before --search-option have no search_options
     settings = stages.pin(settings_of(args, lut_path), defaults={"search_options": {}})
@@ -274,7 +280,8 @@ def run(args: argparse.Namespace) -> dict:
     budget = stages.budget(baseline, table)
     budget_ms = budget["budget_ms"]
     stages.log(f"budget: {BASELINE} measured {budget_ms:.3f} ms")
-    search_report = stages.search(search_config(budget_ms, args), lut_path)
+    search_report = stages.search(search_config(budget_ms, args), lut_path,
+                                  allow_foreign=args.allow_foreign_lut)
     randoms = stages.randoms(space, predictor, budget_ms, args.randoms, args.seed)
 
     models = {BASELINE: baseline,
@@ -284,7 +291,8 @@ def run(args: argparse.Namespace) -> dict:
         models[ABLATION] = ablation
     models.update({f"random-{i + 1}": ArchSpec.from_dict(r["arch"], where="randoms.json")
                    for i, r in enumerate(randoms["randoms"])})
-    trained = {key: stages.train(key, train_config(spec, args)) for key, spec in models.items()}
+    trained, _ = stages.train_all({key: train_config(spec, args)
+                                   for key, spec in models.items()}, None, jobs=args.jobs)
     latency = stages.latency(models, table)
 
     predicted = {key: predicted_latency(predictor, spec) for key, spec in models.items()}

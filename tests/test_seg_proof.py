@@ -253,3 +253,31 @@ def test_search_options_the_proof_sets_are_refused(capsys):
     with pytest.raises(SystemExit):
         seg_proof.parse_args(["--search-option", "budget_ms=3"])
     assert "the proof sets budget_ms itself" in capsys.readouterr().err
+
+
+def test_models_trained_at_once_match_those_trained_one_by_one(camvid, space, tmp_path):
+    """``--jobs``: each model in its own process gives what the serial run gives (CPU, one
+    thread, seeded), and a rerun finds everything done."""
+    from nas.train import TrainConfig
+
+    rng = np.random.default_rng(3)
+    configs = {f"m{i}": TrainConfig(arch=space.sample(rng, f"m{i}").to_dict(), task="seg",
+                                    data=str(camvid), epochs=1, batch_size=2, limit=4,
+                                    threads=1, workers=0, seed=0)
+               for i in range(2)}
+    serial = proof.Stages(tmp_path / "serial", "test", progress=False).train_all(
+        configs, "test", jobs=1)
+    at_once = proof.Stages(tmp_path / "at_once", "test", progress=False)
+    parallel = at_once.train_all(configs, "test", jobs=2)
+    for key in configs:
+        assert parallel[1][key]["mean"] == serial[1][key]["mean"]
+        assert parallel[0][key]["final"]["mean"] == serial[0][key]["final"]["mean"]
+        assert (tmp_path / "at_once" / "train" / key / "test.json").is_file()
+    again = at_once.train_all(configs, "test", jobs=2)
+    assert again[1] == parallel[1]
+    trained_only, tested = proof.Stages(tmp_path / "no_split", "test", progress=False).train_all(
+        configs, None, jobs=2)
+    assert tested == {}
+    assert {k: r["final"]["mean"] for k, r in trained_only.items()} == \
+        {k: r["final"]["mean"] for k, r in serial[0].items()}
+    assert not list((tmp_path / "no_split").glob("train/*/test.json"))

@@ -137,6 +137,15 @@ def _measure_in_child(arch_dicts: list[dict], device: str, threads: int, dtype: 
             for batch, timing in batches.items()}
 
 
+def _train_and_evaluate(workdir: Path, name: str, key: str, cfg: TrainConfig,
+                        split: str | None) -> None:
+    """One model of ``Stages.train_all`` in a child process."""
+    stages = Stages(workdir, name, progress=False)
+    stages.train(key, cfg)
+    if split:
+        stages.evaluate(key, cfg, split)
+
+
 def measure_side_by_side(specs: list[ArchSpec], threads: int, dtype: str,
                          batches: Mapping[int, lutlib.TimingConfig | None], *,
                          device: str = "cpu") -> dict[int, list[dict]]:
@@ -266,24 +275,30 @@ class Stages:
         write_json(path, result)
         return result
 
-    def search(self, cfg: SearchConfig, lut_path: Path) -> dict:
-        """``nas.search.search`` with ``cfg`` into ``search/``, or the search there continued."""
+    def search(self, cfg: SearchConfig, lut_path: Path, *, allow_foreign: bool = False) -> dict:
+        """``nas.search.search`` with ``cfg`` into ``search/``, or the search there continued
+        (``allow_foreign``: with a table of another device, as ``--allow-foreign-lut``)."""
         out = self.workdir / "search"
         if (out / "report.json").exists():
             return read_json(out / "report.json")
         t0 = time.perf_counter()
         if (out / "checkpoint.pt").exists() or (out / "strategy.json").exists():
             self.log(f"stage 2: continuing the search in {out}")
-            report = search(None, out, lut=str(lut_path), resume=True, progress=self.progress)
+            report = search(None, out, lut=str(lut_path), resume=True, progress=self.progress,
+                            allow_foreign_lut=allow_foreign)
         else:
             self.log(f"stage 2: searching {cfg.space} on {cfg.data} (train split), budget "
                      f"{cfg.budget_ms:.3f} ms, {cfg.epochs} epochs")
-            report = search(cfg, out, lut=str(lut_path), progress=self.progress)
+            report = search(cfg, out, lut=str(lut_path), progress=self.progress,
+                            allow_foreign_lut=allow_foreign)
         if report.get("status") == "interrupted":
             raise Interrupted(f"search stopped; checkpoint in {out}")
+        measured = report.get("measured_ms")
+        # a table of another device (allow_foreign) is not checked by measurement
         self.log(f"stage 2: derived {report['arch']['name']}: predicted "
-                 f"{report['predicted_ms']:.3f} ms, measured {report['measured_ms']:.3f} ms "
-                 f"({time.perf_counter() - t0:.0f} s)")
+                 f"{report['predicted_ms']:.3f} ms, "
+                 + (f"measured {measured:.3f} ms" if measured is not None else "not measured")
+                 + f" ({time.perf_counter() - t0:.0f} s)")
         return report
 
     def randoms(self, space: SearchSpace, predictor: lutlib.LatencyPredictor, budget_ms: float,
@@ -317,6 +332,31 @@ class Stages:
         self.log(f"stage 4: {key}: {report['final']['metric']} {report['final']['mean']:.2f} "
                  f"({time.perf_counter() - t0:.0f} s)")
         return report
+
+    def train_all(self, configs: Mapping[str, TrainConfig], split: str | None, *,
+                  jobs: int = 1) -> tuple[dict[str, dict], dict[str, dict]]:
+        """``train`` then ``evaluate`` on ``split`` (None: no evaluation) for every model of
+        ``configs``: its training reports and scores, by key. ``jobs`` > 1 runs up to that many
+        models at once, each in a fresh process (on a GPU that networks this small leave mostly
+        idle, or on CPU cores one model's threads do not fill; each one's data loading has its
+        own ``cfg.workers`` processes), without progress bars; every model continues or is
+        skipped as in a serial run, so a rerun picks up what is left."""
+        done = f"{split}.json" if split else "metrics.json"
+        todo = {k: c for k, c in configs.items()
+                if not (self.workdir / "train" / k / done).exists()}
+        if jobs > 1 and len(todo) > 1:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=ctx) as pool:
+                futures = [pool.submit(_train_and_evaluate, self.workdir, self.name, key, cfg,
+                                       split) for key, cfg in todo.items()]
+                for f in futures:
+                    f.result()          # a child's Interrupted or NasError surfaces here
+        trained, tested = {}, {}
+        for key, cfg in configs.items():
+            trained[key] = self.train(key, cfg)
+            if split:
+                tested[key] = self.evaluate(key, cfg, split)
+        return trained, tested
 
     def evaluate(self, key: str, cfg: TrainConfig, split: str) -> dict:
         """The last model of ``train/<key>`` scored on ``split`` of ``cfg.data`` (at most
