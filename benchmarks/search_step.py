@@ -43,14 +43,9 @@ CONFIGS = {
 }
 
 
-def make_step(name: str, space, predictor, batch: int, seed: int = 0):
-    """A closure running one step of configuration ``name`` on a fixed random batch."""
-    from nas.search.searcher import SearchConfig, Searcher
-    from nas.tasks import get_task
-    from supernets.model import PoseNet
-
+def make_batch(space, batch: int, seed: int = 0) -> dict:
+    """A fixed random batch of the space's task (images channels-last, as in training)."""
     sk = space.skeleton
-    task = get_task(sk.task)
     h, w = sk.input_size
     hh, hw = sk.heatmap_size
     g = torch.Generator().manual_seed(seed)
@@ -62,6 +57,18 @@ def make_step(name: str, space, predictor, batch: int, seed: int = 0):
     else:
         data.update(target=torch.rand(batch, sk.num_joints, hh, hw, generator=g),
                     target_weight=torch.ones(batch, sk.num_joints))
+    return data
+
+
+def make_step(name: str, space, predictor, batch: int, seed: int = 0):
+    """A closure running one step of configuration ``name`` on a fixed random batch."""
+    from nas.search.searcher import SearchConfig, Searcher
+    from nas.tasks import get_task
+    from supernets.model import PoseNet
+
+    sk = space.skeleton
+    task = get_task(sk.task)
+    data = make_batch(space, batch, seed)
     if name == "largest-network":
         torch.manual_seed(seed)
         model = PoseNet(space.largest()).to(memory_format=torch.channels_last).train()
