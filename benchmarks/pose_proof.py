@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 import lut as lutlib
+from lut.probe import PROBE_TOLERANCE
 from nas.bench.proof import (
     ABLATION,
     WINDOW,
@@ -213,8 +214,11 @@ def _setup_paragraphs(report: dict) -> list[str]:
          f" predicted {search_r['predicted_ms']:.3f} ms{accuracy_only}, selected by "
          f"{search_r.get('selected_by') or 'derivation'}"
          + (f" (`nas search --rank-samples {len(search_r['ranking']) - 1}`: the derived "
-            "network and networks drawn from the learned probabilities, each fitted into the "
-            "window, ranked by the supernet's loss on held-out training images; the row "
+            "network and networks drawn from the learned probabilities, "
+            + ("each fitted into the window"
+               if search_r["config"].get("rank_draw", "fit") == "fit"
+               else "among the networks of the window")
+            + ", ranked by the supernet's loss on held-out training images; the row "
             f"{ABLATION} is what derivation alone gave, retrained with the same recipe)"
             if search_r.get("ranking") else "") + "."),
         (f"Random networks: seed {randoms['seed']}, predicted latency within "
@@ -225,8 +229,22 @@ def _setup_paragraphs(report: dict) -> list[str]:
         (f"Latency: all {len(report['rows'])} networks measured side by side in one fresh "
          f"process, batch {lat['batch']}, {lat['dtype']}, {lat['threads']} thread(s), median of "
          f"{lat['timing']['rounds']} interleaved rounds (p10 to p90); predicted by the table "
-         f"{s['lut']}."),
+         f"{s['lut']}." + _machine_drift(report)),
     ]
+
+
+def _machine_drift(report: dict) -> str:
+    """A sentence when the baseline, measured side by side, is off the budget it set by more
+    than the speed probe's tolerance: the budget (and the table) then describe a machine other
+    than the one the latencies were measured on, and only the side-by-side ratios compare."""
+    base = next(r for r in report["rows"] if r["model"] == BASELINE)
+    ratio = base["latency_ms"] / report["budget_ms"]
+    if abs(ratio - 1.0) <= PROBE_TOLERANCE:
+        return ""
+    return (f" {BASELINE} measured {base['latency_ms']:.3f} ms in these rounds, {ratio:.2f} x "
+            f"the {report['budget_ms']:.3f} ms budget it set when the work folder was started: "
+            "the budget and the table describe another machine (or this one in another "
+            "state); the verdict's latency compares the networks side by side here.")
 
 
 def _table_lines(rows: list[dict]) -> list[str]:
