@@ -39,3 +39,17 @@ def stand_in_probe(monkeypatch, ratio: float = 1.0, fastest_ms: float | None = N
 
     monkeypatch.setattr(lut.table, "_foreign_fields", lambda table: [])
     monkeypatch.setattr(lut.probe, "probe_table", probe)
+
+
+def randomise_batchnorm(model: torch.nn.Module, seed: int) -> None:
+    """Seeded, non-trivial BatchNorm parameters and statistics in every BatchNorm2d of ``model``,
+    so that copying them (or not) shows in the outputs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(1 + 0.2 * torch.randn(n, generator=g))
+                m.bias.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))

@@ -6,6 +6,7 @@ import builtins
 import numpy as np
 import pytest
 import torch
+from conftest import randomise_batchnorm
 from torch import nn
 
 from nas.interop import nni as interop
@@ -90,18 +91,6 @@ def _copy_standalone_weights(frozen: nn.Module, model: PoseNet, spec) -> None:
             module.op(layer.in_chs).load_state_dict(model.layer(layer.label).state_dict())
 
 
-def _randomise_batchnorm(model: nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(1 + 0.2 * torch.randn(n, generator=g))
-                m.bias.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-
-
 @needs_nni
 def test_model_space_has_one_layer_choice_per_choice_layer(space):
     from nni.nas.nn.pytorch import LayerChoice, ModelSpace
@@ -120,7 +109,7 @@ def test_frozen_nni_network_computes_the_standalone_network(space, seed):
     spec = space.sample(np.random.default_rng(seed), name="s")
     torch.manual_seed(seed)
     model = PoseNet(spec).eval()
-    _randomise_batchnorm(model, seed)
+    randomise_batchnorm(model, seed)
     frozen = interop.model_space(space).freeze(interop.from_spec(spec)).eval()
     _copy_standalone_weights(frozen, model, spec)
     x = torch.randn(2, 3, *space.skeleton.input_size, generator=torch.Generator().manual_seed(9))

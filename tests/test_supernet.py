@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import randomise_batchnorm
 from torch import nn
 
 from supernets.errors import NasError
@@ -29,15 +30,7 @@ def _seeded_supernet(space: SearchSpace, seed: int = 0) -> SuperNet:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         net = SuperNet(space)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(1 + 0.2 * torch.randn(n, generator=g))
-                m.bias.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+    randomise_batchnorm(net, seed)
     return net
 
 
