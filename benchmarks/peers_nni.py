@@ -25,7 +25,6 @@ line saying so and exits 0 (nothing measured, nothing written).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import platform
 import subprocess
@@ -153,13 +152,8 @@ def child(args) -> None:
     space, predictor = setup(args.space, args.input, args.lut)
     step = make_step(args.child, space, predictor, args.batch)
     step()  # warm-up: Lightning's and Adam's first-step allocations are not the step's own
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
-    before = search_step._status_kib("VmRSS")
-    for _ in range(args.mem_steps):
-        step()
-    peak = search_step._status_kib("VmHWM")
-    print(json.dumps({"peak_growth_mib": (peak - before) / 1024}))
+    growth, _ = search_step.peak_rss_growth(step, args.mem_steps)
+    print(json.dumps({"peak_growth_mib": growth}))
 
 
 def measure(args, space, predictor) -> dict:

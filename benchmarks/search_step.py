@@ -107,17 +107,24 @@ def _setup(space_name: str, lut_path: str | None, input_size: str | None = None,
     return space, lutlib.LatencyPredictor(table), path
 
 
+def peak_rss_growth(step, steps: int) -> tuple[float, float]:
+    """Peak RSS growth (MiB) of this process over ``steps`` calls of ``step``, and the peak
+    (MiB): the kernel's peak mark is reset to the current RSS first."""
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
+    before = _status_kib("VmRSS")
+    for _ in range(steps):
+        step()
+    peak = _status_kib("VmHWM")
+    return (peak - before) / 1024, peak / 1024
+
+
 def child(args) -> None:
     """Subprocess: peak RSS growth of ``args.child`` over a few steps."""
     space, predictor, _ = _setup(args.space, args.lut, args.input, args.preset)
     step = make_step(args.child, space, predictor, args.batch)
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
-    before = _status_kib("VmRSS")
-    for _ in range(args.mem_steps):
-        step()
-    peak = _status_kib("VmHWM")
-    print(json.dumps({"peak_growth_mib": (peak - before) / 1024, "peak_mib": peak / 1024}))
+    growth, peak = peak_rss_growth(step, args.mem_steps)
+    print(json.dumps({"peak_growth_mib": growth, "peak_mib": peak}))
 
 
 def _status_kib(field: str) -> int:
