@@ -52,6 +52,10 @@ def unwritable_dir(directory: str | os.PathLike) -> str | None:
                         else f"cannot create it, {folder} is not a directory")
             try:
                 folder.mkdir()
+            except FileExistsError:
+                if folder.is_dir():     # made by another process meanwhile: not ours to remove
+                    continue
+                return f"cannot create it, {folder} is not a directory"
             except OSError as e:
                 return f"cannot create it ({e.strerror or type(e).__name__})"
             made.append(folder)
@@ -64,7 +68,10 @@ def unwritable_dir(directory: str | os.PathLike) -> str | None:
         return None
     finally:
         for folder in reversed(made):
-            folder.rmdir()
+            try:
+                folder.rmdir()
+            except OSError:     # another process made something in it meanwhile: it stays
+                break
 
 
 def check_writable_dir(directory: str | os.PathLike, name: str) -> None:

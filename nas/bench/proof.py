@@ -345,6 +345,9 @@ class Stages:
         todo = {k: c for k, c in configs.items()
                 if not (self.workdir / "train" / k / done).exists()}
         if jobs > 1 and len(todo) > 1:
+            # made here, once: the children's checks would otherwise make and remove the shared
+            # parent folder under each other
+            (self.workdir / "train").mkdir(parents=True, exist_ok=True)
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=ctx) as pool:
                 futures = [pool.submit(_train_and_evaluate, self.workdir, self.name, key, cfg,
