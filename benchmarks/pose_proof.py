@@ -108,7 +108,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--randoms", type=int, default=5, help="random networks (default %(default)s)")
     ap.add_argument("--batch-size", type=int, default=32, help="retraining batch (default 32)")
     ap.add_argument("--seed", type=int, default=0,
-                    help="seed of the search, of every training run and of the random draws")
+                    help="seed of every training run and of the random draws, and of the search "
+                         "unless --search-seed")
+    ap.add_argument("--search-seed", type=int, default=None,
+                    help="seed of the search alone (default --seed): the proof's second seed "
+                         "searches again and retrains its network against the same baseline and "
+                         "random networks, trained as before")
     ap.add_argument("--threads", type=int, help="CPU threads for search and training "
                     "(latency is always measured with the table's thread count)")
     ap.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
@@ -141,14 +146,20 @@ def settings_of(args: argparse.Namespace, lut_path: Path) -> dict:
             "rank_samples": args.rank_samples,
             "search_options": dict(args.search_option),
             "randoms": args.randoms, "batch_size": args.batch_size, "seed": args.seed,
+            "search_seed": search_seed(args),
             "limit": args.limit, "lut": str(lut_path.resolve())}
+
+
+def search_seed(args: argparse.Namespace) -> int:
+    return args.seed if args.search_seed is None else args.search_seed
 
 
 def search_config(budget_ms: float, args: argparse.Namespace) -> SearchConfig:
     input_size, joints = PRESETS[PRESET]
     return SearchConfig(budget_ms=budget_ms, space=args.space, input_size=input_size,
                         num_joints=joints, data=args.data, epochs=args.search_epochs,
-                        rank_samples=args.rank_samples, seed=args.seed, threads=args.threads,
+                        rank_samples=args.rank_samples, seed=search_seed(args),
+                        threads=args.threads,
                         **dict(args.search_option))
 
 
@@ -209,7 +220,8 @@ def _setup_paragraphs(report: dict) -> list[str]:
          f"{metric} is that of the last epoch's model on the test split, single pass (the "
          "latency measured is a single pass too); with flip test in the next column."),
         (f"Budget: {BASELINE}'s measured latency, {report['budget_ms']:.3f} ms. Search: "
-         f"{s['search_epochs']} epochs on the train split, mode {search_r['config']['mode']}, "
+         f"{s['search_epochs']} epochs on the train split, seed {search_r['config']['seed']}, "
+         f"mode {search_r['config']['mode']}, "
          f"window {low:g} to {high:g} x budget; derived `{search_r['arch']['name']}`"
          f" predicted {search_r['predicted_ms']:.3f} ms{accuracy_only}, selected by "
          f"{search_r.get('selected_by') or 'derivation'}"
@@ -291,7 +303,8 @@ def run(args: argparse.Namespace) -> dict:
     table = lutlib.LatencyTable.load(lut_path, allow_foreign=args.allow_foreign_lut)
     predictor = lutlib.LatencyPredictor(table)
     # workdirs from before --search-option have no search_options
-    settings = stages.pin(settings_of(args, lut_path), defaults={"search_options": {}})
+    settings = stages.pin(settings_of(args, lut_path), defaults={"search_options": {},
+                                                                  "search_seed": args.seed})
     sk = space.skeleton
     baseline = load_arch(BASELINE, input_size=sk.input_size, num_joints=sk.num_joints)
 
