@@ -137,9 +137,10 @@ def run(args: argparse.Namespace) -> dict:
                 per = cache["networks"]
                 seconds = np.mean([v["seconds"] for v in per.values()])
                 train_h = (cache.get("train_seconds") or 0) / 3600
-                for metric, sign in (("pck", 1.0), ("loss", -1.0)):
+                for metric, key, sign in (("pck", "metric", 1.0), ("loss", "loss", -1.0)):
                     name = f"supernet {rule} e{epoch} {metric}"
-                    scores[name] = {k: sign * v[metric] for k, v in per.items()}
+                    # caches written before PathScorer's "metric" hold it under "pck"
+                    scores[name] = {k: sign * v.get(key, v.get(metric)) for k, v in per.items()}
                     costs[name] = (f"{train_h:.2f} h supernet training once, then "
                                    f"{seconds:.1f} s per network")
                 supernets[f"{rule} e{epoch}"] = {"train_seconds": cache.get("train_seconds")}

@@ -138,7 +138,7 @@ class DistanceScorer:
     def score(self, spec):
         self.calls += 1
         d = np.mean([spec.choices[k] != v for k, v in self.target.choices.items()])
-        return {"loss": float(d), "pck": float(100 * (1 - d)), "seconds": 0.0}
+        return {"loss": float(d), "metric": float(100 * (1 - d)), "seconds": 0.0}
 
 
 def _study(predictor, space, window, strategy, scorer, tmp_path, *, trials=60, seed=0,
@@ -223,6 +223,46 @@ def test_a_study_of_another_space_is_refused(predictor, space, window_and_target
         Study(space=space, predictor=predictor, scorer=DistanceScorer(target), windows=[window],
               strategy="optuna", objective="loss", pareto=False, seed=0, trials=2,
               storage=storage, name="s", attrs={"nas.space": "0123456789abcdef"})
+
+
+def test_metric_objective_reads_studies_stored_under_its_old_name_pck(predictor, space,
+                                                                       window_and_target,
+                                                                       tmp_path):
+    """``--objective pck``/``miou`` are the task's metric; a study stored when the objective and
+    its trials' attribute were called ``pck`` continues under ``metric``."""
+    import optuna
+
+    from nas.search.searcher import SearchConfig
+
+    assert SearchConfig(budget_ms=5.0, objective="pck").objective == "metric"
+    assert SearchConfig(budget_ms=5.0, task="seg", space="seg-small",
+                        objective="miou").objective == "metric"
+    window, target = window_and_target
+    storage = open_storage(None, tmp_path)
+
+    def study(objective, trials):
+        return Study(space=space, predictor=predictor, scorer=DistanceScorer(target),
+                     windows=[window], strategy="random", objective=objective, pareto=False,
+                     seed=0, trials=trials, storage=storage, name="s",
+                     attrs={"nas.space": space_signature(space), "nas.objective": objective})
+
+    made = study("metric", 3)
+    assert made.run(progress=False)
+    # the same trials as stored before the rename: objective "pck", the metric under "pck"
+    storage = open_storage(None, tmp_path / "old")
+    old = optuna.create_study(study_name="s", storage=storage, directions=["maximize"])
+    for k, v in {"nas.space": space_signature(space), "nas.objective": "pck"}.items():
+        old.set_user_attr(k, v)
+    for t in made.study.get_trials(deepcopy=False):
+        attrs = {k: v for k, v in t.user_attrs.items() if k != "metric"}
+        old.add_trial(optuna.trial.create_trial(
+            params=t.params, distributions=t.distributions, values=t.values,
+            user_attrs=attrs | {"pck": t.user_attrs["metric"]}, system_attrs=t.system_attrs))
+    resumed = study("metric", 5)
+    assert resumed.run(progress=False)
+    rows = [r for r in resumed.rows() if r["evaluated"]]
+    assert len(rows) == 5 and all(r["metric"] == pytest.approx(100 * (1 - r["loss"]))
+                                  for r in rows)
 
 
 def test_sqlite_storage_holds_a_study(predictor, space, window_and_target, tmp_path):
@@ -394,7 +434,7 @@ class LatencyScorer:
 
     def score(self, spec):
         ms = self.predictor.latency(spec)
-        return {"loss": 1.0 / (50 + 3 * ms), "pck": 50 + 3 * ms, "seconds": 0.0}
+        return {"loss": 1.0 / (50 + 3 * ms), "metric": 50 + 3 * ms, "seconds": 0.0}
 
 
 def test_score_objective_trades_the_metric_against_latency(space, predictor, bounds, tmp_path):
@@ -417,7 +457,7 @@ def test_score_objective_trades_the_metric_against_latency(space, predictor, bou
     window = Window(10.0, *budget_window(cfg, 10.0, bounds[0] * scale))
     assert window.low == 0.0
     picks = {}
-    for objective in ("score", "pck"):
+    for objective in ("score", "metric"):
         study = Study(space=space, predictor=slow_predictor, scorer=LatencyScorer(slow_predictor),
                       windows=[window], strategy="random", objective=objective, pareto=False,
                       seed=0, trials=40, storage=open_storage(None, tmp_path / objective),
@@ -426,10 +466,10 @@ def test_score_objective_trades_the_metric_against_latency(space, predictor, bou
         rows = study.best()
         if objective == "score":
             for r in rows:
-                assert r["value"] == pytest.approx(r["pck"] * latency_weight(r["predicted_ms"]))
+                assert r["value"] == pytest.approx(r["metric"] * latency_weight(r["predicted_ms"]))
         assert [r["value"] for r in rows] == sorted((r["value"] for r in rows), reverse=True)
         picks[objective] = rows[0]["predicted_ms"]
-    assert picks["score"] < picks["pck"] - 1.0, picks
+    assert picks["score"] < picks["metric"] - 1.0, picks
     with pytest.raises(NasError, match="--pareto with --objective score"):
         SearchConfig(budget_ms=10.0, task="seg", space="seg-small", objective="score",
                      strategy="optuna", pareto=True, budgets_ms=(5.0, 10.0))
@@ -454,7 +494,7 @@ target = space.sample(np.random.default_rng(11))
 class Scorer:
     def score(self, spec):
         d = float(np.mean([spec.choices[k] != v for k, v in target.choices.items()]))
-        return {{"loss": d, "pck": 100 * (1 - d), "seconds": 0.0}}
+        return {{"loss": d, "metric": 100 * (1 - d), "seconds": 0.0}}
 
 study = Study(space=space, predictor=predictor, scorer=Scorer(),
               windows=[Window(budget, 0.87 * budget, 0.97 * budget)], strategy="optuna",

@@ -11,7 +11,7 @@ from nas.argtypes import (
     positive_int,
 )
 from nas.commands import INTERRUPTED, Result, given_flags
-from nas.search.blackbox import OBJECTIVES, STRATEGIES
+from nas.search.blackbox import OBJECTIVE_ALIASES, OBJECTIVES, STRATEGIES
 from nas.search.budget import format_ms, parse_budgets
 from nas.search.oneshot import RULES
 from nas.search.relax import MODES
@@ -85,9 +85,10 @@ def register(sub) -> None:
     g.add_argument("--trials", type=positive_int,
                    help="networks inside the window scored by the supernet (proxy evaluations, "
                         "default 200); with --resume, extends the search")
-    g.add_argument("--objective", choices=(*OBJECTIVES, "score"),
-                   help="supernet score: held-out task loss (default) or PCK@0.2 (mIoU for "
-                        "seg); score (seg, every strategy): search for max mIoU x W(T), "
+    g.add_argument("--objective", choices=(*OBJECTIVES, *OBJECTIVE_ALIASES, "score"),
+                   help="supernet score: held-out task loss (default) or metric, the task's "
+                        "(PCK@0.2 for pose, mIoU for seg; pck and miou say the same); score "
+                        "(seg, every strategy): search for max mIoU x W(T), "
                         "W(T) = max(0, 1 - max(0, T - 3 ms) / 7 ms), budget 10 ms unless given")
     g.add_argument("--supernet", metavar="PATH",
                    help="a supernet trained before (oneshot.pt or supernet-eN.pt of a run's "
@@ -222,7 +223,8 @@ def _text_proposing(r: dict) -> str:
                      + (f"   window {format_ms(w[0])} - {format_ms(w[1])}" if w else
                         "   (every architecture fits: searched for accuracy alone)"))
         lines.append(f"  pick       predicted {format_ms(p['predicted_ms'])}, supernet loss "
-                     f"{p['proxy']['loss']:.4e}, PCK {p['proxy']['pck']:.2f}")
+                     f"{p['proxy']['loss']:.4e}, {r.get('metric_name', 'PCK@0.2')} "
+                     f"{p['proxy']['metric']:.2f}")
         if p["measured_ms"] is not None:
             lines.append(f"  measured   {format_ms(p['measured_ms'])} = "
                          f"{p['measured_over_budget']:.3f} x budget   verdict: {p['verdict']}")

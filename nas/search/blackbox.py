@@ -54,12 +54,15 @@ from supernets.fileio import write_atomic
 from supernets.space import SearchSpace
 from supernets.spec import ArchSpec
 
-__all__ = ["BLACKBOX", "OBJECTIVES", "STATE_FORMAT", "STRATEGIES", "Study", "Window", "choice_key",
-           "open_storage", "plot_study", "space_signature", "write_front_csv", "write_trials_csv"]
+__all__ = ["BLACKBOX", "OBJECTIVES", "OBJECTIVE_ALIASES", "STATE_FORMAT", "STRATEGIES", "Study",
+           "Window", "choice_key", "open_storage", "plot_study", "space_signature",
+           "write_front_csv", "write_trials_csv"]
 
 STRATEGIES = ("differentiable", "optuna", "random")
 BLACKBOX = ("optuna", "random")
-OBJECTIVES = ("loss", "pck")
+OBJECTIVES = ("loss", "metric")
+# --objective pck (pose) and miou (seg) name the task's metric; studies made before "metric" say pck
+OBJECTIVE_ALIASES = {"pck": "metric", "miou": "metric"}
 STATE_FORMAT = "nas.search-blackbox/1"
 STUDY_FILE = "study.journal"
 MAX_PROPOSALS_PER_EVALUATION = 50  # proposals outside the window are free, but not endless
@@ -191,7 +194,10 @@ class Study:
             study = self._joined(optuna, storage, name, attrs)
         theirs = study.user_attrs
         for k, v in attrs.items():
-            if json.loads(json.dumps(theirs.get(k))) != json.loads(json.dumps(v)):
+            mine = json.loads(json.dumps(theirs.get(k)))
+            if k == "nas.objective":
+                mine = OBJECTIVE_ALIASES.get(mine, mine)
+            if mine != json.loads(json.dumps(v)):
                 raise NasError(f"study {name!r} in the storage was made with {k}="
                                f"{theirs.get(k)!r}, not {v!r}: another search's study; use "
                                "another --study name or storage")
@@ -327,11 +333,11 @@ class Study:
         if key in scored:
             first = scored[key]
             trial.set_user_attr("duplicate_of", first.number)
-            for k in ("loss", "pck"):
-                trial.set_user_attr(k, first.user_attrs.get(k))
+            for k in ("loss", "metric"):
+                trial.set_user_attr(k, _attr(first.user_attrs, k))
             return self._values(first.values[0], ms), False, spec, ms
         result = self.scorer.score(spec)
-        for k in ("loss", "pck", "seconds"):
+        for k in ("loss", "metric", "seconds"):
             trial.set_user_attr(k, float(result[k]))
         trial.set_user_attr("evaluated", True)
         return self._values(self._objective(result, ms), ms), True, spec, ms
@@ -343,7 +349,7 @@ class Study:
         if self.objective == "score":
             from nas.tasks.seg.score import latency_weight
 
-            return float(result["pck"]) * latency_weight(ms)
+            return float(result["metric"]) * latency_weight(ms)
         return float(result[self.objective])
 
     # -- results ------------------------------------------------------------------------------
@@ -358,7 +364,8 @@ class Study:
                         "feasible": all(v <= 0 for v in (t.constraints or {}).values()),
                         "evaluated": bool(a.get("evaluated")),
                         "duplicate_of": a.get("duplicate_of"),
-                        "loss": a.get("loss"), "pck": a.get("pck"), "seconds": a.get("seconds"),
+                        "loss": a.get("loss"), "metric": _attr(a, "metric"),
+                        "seconds": a.get("seconds"),
                         "value": t.values[0] if t.values else None,
                         "choices": {k: t.params[k] for k in sorted(t.params)}})
         return out
@@ -396,7 +403,7 @@ def choice_key(spec: ArchSpec) -> str:
 
 def write_trials_csv(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
-    fields = ["trial", "predicted_ms", "feasible", "evaluated", "duplicate_of", "loss", "pck",
+    fields = ["trial", "predicted_ms", "feasible", "evaluated", "duplicate_of", "loss", "metric",
               "seconds", "choices"]
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
@@ -420,7 +427,7 @@ def plot_study(rows: list[dict], windows: list[Window], objective: str, picks: l
     scored = [r for r in rows if r["evaluated"]]
     if not scored:
         return
-    shown = "pck" if objective == "score" else objective
+    shown = "metric" if objective == "score" else objective
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     ax1.scatter([r["predicted_ms"] for r in scored], [r[shown] for r in scored], s=10,
                 alpha=0.6, label="scored networks")
@@ -456,11 +463,16 @@ def plot_study(rows: list[dict], windows: list[Window], objective: str, picks: l
 def write_front_csv(path: Path, front: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["trial", "predicted_ms", "loss", "pck", "choices"])
+    w.writerow(["trial", "predicted_ms", "loss", "metric", "choices"])
     for r in front:
-        w.writerow([r["trial"], r["predicted_ms"], r["loss"], r["pck"],
+        w.writerow([r["trial"], r["predicted_ms"], r["loss"], r["metric"],
                     json.dumps(r["choices"], separators=(",", ":"))])
     write_atomic(path, buf.getvalue())
+
+
+def _attr(attrs: dict, key: str):
+    """A trial's attribute; the metric of trials stored before "metric" is under "pck"."""
+    return attrs.get(key, attrs.get("pck")) if key == "metric" else attrs.get(key)
 
 
 def log(msg: str) -> None:

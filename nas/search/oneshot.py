@@ -379,9 +379,10 @@ class PathScorer:
         return model
 
     def score(self, spec: ArchSpec) -> dict:
-        """``{"pck", "loss", "seconds"}`` of ``spec``'s path on the held-out images."""
+        """``{"metric", "loss", "seconds"}`` of ``spec``'s path on the held-out images (metric:
+        the task's, PCK@0.2 for pose, mIoU for seg)."""
         t0 = time.perf_counter()
         result = self.task.evaluate_model(self.model(spec), self.held_out,
                                           batch_size=self.cfg.batch_size * 2, device=self.device)
-        return {"pck": result["mean"], "loss": result["loss"],
+        return {"metric": result["mean"], "loss": result["loss"],
                 "seconds": time.perf_counter() - t0}

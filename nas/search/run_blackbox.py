@@ -264,14 +264,14 @@ def _pick(cfg: SearchConfig, s, study: Study, window: Window, name: str) -> dict
     return {"spec": spec, "budget_ms": window.budget_ms,
             "window_ms": [window.low, window.high] if window.low is not None else None,
             "trial": chosen["proxy"]["trial"], "rank": chosen["rank"],
-            "proxy": {k: chosen["proxy"][k] for k in ("loss", "pck")},
+            "proxy": {k: chosen["proxy"][k] for k in ("loss", "metric")},
             "predicted_ms": chosen["predicted_ms"], "measured_ms": measured_ms,
             "measured": measured, "verdict": _verdict(measured_ms, window.budget_ms),
             "measured_over_budget": measured_ms / window.budget_ms if measured else None,
             "measure_checks": checks, "latency_feedback": feedback,
             "params": c.params, "macs": c.macs, "flops": c.flops,
             "top": [{"trial": r["trial"], "predicted_ms": r["predicted_ms"], "loss": r["loss"],
-                     "pck": r["pck"]} for r in rows[:10]]}
+                     "metric": r["metric"]} for r in rows[:10]]}
 
 
 def _finish(cfg: SearchConfig, s, study: Study, windows: list[Window], info: dict,
@@ -321,12 +321,13 @@ def _finish(cfg: SearchConfig, s, study: Study, windows: list[Window], info: dic
         "selected_by": f"{info['sampler']} over the supernet's held-out {cfg.objective} "
                        f"(rank {main['rank']} of the scored networks in the window)",
         "proxy": main["proxy"],
+        "metric_name": metric_name,
         "params": main["params"], "macs": main["macs"], "flops": main["flops"],
         "layers": layers,
         "search": info,
         "picks": [{k: v for k, v in p.items() if k not in ("spec", "measured")}
                   | {"choices": dict(p["spec"].choices)} for p in picks] if cfg.pareto else None,
-        "front": [{k: r[k] for k in ("trial", "predicted_ms", "loss", "pck")} for r in front]
+        "front": [{k: r[k] for k in ("trial", "predicted_ms", "loss", "metric")} for r in front]
         if front is not None else None,
         "space_bounds_ms": list(s.bounds_ms),
         "speed_probe": probe,

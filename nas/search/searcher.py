@@ -157,7 +157,8 @@ class SearchConfig:
     # for those, ``epochs`` are the supernet's training epochs
     strategy: str = "differentiable"
     trials: int = 200                   # distinct networks scored by the supernet (proxy evals)
-    # optuna/random: the supernet's score of a network, held-out "loss" or "pck" (mIoU for seg);
+    # optuna/random: the supernet's score of a network, held-out "loss" or "metric" (the task's:
+    # PCK@0.2 for pose, mIoU for seg; "pck" and "miou" say the same);
     # "score" (seg, every strategy): max mIoU x W(T) (nas.tasks.seg.score) instead of the budget
     # window (differentiable: instead of task + lambda * log_tau(E[latency])); its budget is W's
     # zero, 10 ms
@@ -173,7 +174,7 @@ class SearchConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        from nas.search.blackbox import BLACKBOX, OBJECTIVES, STRATEGIES
+        from nas.search.blackbox import BLACKBOX, OBJECTIVE_ALIASES, OBJECTIVES, STRATEGIES
         from nas.search.oneshot import RULES
         from supernets.space import get_space
 
@@ -186,13 +187,14 @@ class SearchConfig:
         if self.strategy not in STRATEGIES:
             raise NasError(f"--strategy {self.strategy!r}: expected one of "
                            f"{', '.join(STRATEGIES)}")
+        self.objective = OBJECTIVE_ALIASES.get(self.objective, self.objective)
         if self.objective not in (*OBJECTIVES, "score"):
             raise NasError(f"--objective {self.objective!r}: expected one of "
                            f"{', '.join(OBJECTIVES)} (optuna, random) or score")
         if self.objective == "score" and self.pareto:
             raise NasError("--pareto with --objective score: the score already weighs latency "
                            "(W(T)); a front needs an accuracy objective (--objective loss or "
-                           "pck)")
+                           "metric)")
         if self.supernet_rule not in RULES:
             raise NasError(f"--supernet-rule {self.supernet_rule!r}: expected one of "
                            f"{', '.join(RULES)}")
