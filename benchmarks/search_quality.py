@@ -59,7 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=1, help="picks trained at once")
     ap.add_argument("--posebench", default="results/posebench", help="the ground truth")
     ap.add_argument("--workdir", default="runs/search_quality")
-    ap.add_argument("--out", default="results/benchmarks/search_quality")
+    ap.add_argument("--out", default="results/benchmarks/search_quality",
+                    help="OUT.md and OUT.json, the picks' results in OUT/networks (a given .md "
+                         "or .json suffix is taken off; default %(default)s)")
     ap.add_argument("--finished-only", action="store_true",
                     help="report the searches that have finished (their picks trained if "
                          "needed), start none")
@@ -94,6 +96,12 @@ def main(argv=None) -> int:
         q = sq.QualitySettings(strategies=args.strategies, seeds=args.seeds, trials=args.trials,
                                supernet=args.supernet, search_epochs=args.search_epochs)
         workdir, out = Path(args.workdir), Path(args.out)
+        if out.suffix in (".md", ".json"):
+            out = out.with_suffix("")
+        for path in (out.with_suffix(".md"), out.with_suffix(".json")):
+            if path.is_dir():
+                raise NasError(f"--out {args.out}: {path} is a directory; expected the report's "
+                               "path without suffix")
         reports = sq.run_searches(q, bench, workdir, log=log, finished_only=args.finished_only)
         if not reports:
             raise NasError(f"no finished search in {workdir} among "
