@@ -80,12 +80,14 @@ def _main(argv: list[str] | None) -> int:
     # under torchrun (nas.distributed) rank 0 speaks for the run; another rank only its errors
     rank = int(os.environ.get("RANK", "0") or 0)
     prefix = "nas" if rank == 0 else f"nas[rank {rank}]"
+    finished = False
     try:
         if rank == 0:
             result = args.handler(args)
         else:   # rank 0 prints the run's messages; this rank its errors alone
             with contextlib.redirect_stderr(io.StringIO()):
                 result = args.handler(args)
+        finished = True
     except NasError as e:
         print(f"{prefix}: error: {e}", file=sys.stderr)
         return USAGE_ERROR
@@ -93,7 +95,7 @@ def _main(argv: list[str] | None) -> int:
         if "torch.distributed" in sys.modules:
             from nas.distributed import shutdown
 
-            shutdown()
+            shutdown(clean=finished)
     if rank != 0:
         return result.status
     if getattr(args, "json", False):

@@ -165,9 +165,14 @@ def from_env(device: str = "cpu") -> World:
     return World(dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend())
 
 
-def shutdown() -> None:
-    """Leave the process group, if this process joined one."""
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group, if this process joined one. ``clean`` (the command finished on
+    this rank): first wait at a barrier for the others, so that no rank closes its connections
+    while a peer still completes the last collective (gloo aborts the peer's process then);
+    after an error the peers may be elsewhere, so this rank leaves at once."""
     if dist.is_available() and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 
