@@ -33,7 +33,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -127,13 +126,7 @@ def make_step(name: str, space, predictor, batch: int):
     """A closure running one step of ``name`` and returning its time in seconds."""
     if name in NNI_STRATEGIES:
         return make_nni_step(name, space, batch)
-    run = search_step.make_step(name, space, predictor, batch)
-
-    def step() -> float:
-        t = time.perf_counter()
-        run()
-        return time.perf_counter() - t
-    return step
+    return search_step.timed(search_step.make_step(name, space, predictor, batch))
 
 
 def quiet() -> None:
@@ -157,15 +150,8 @@ def child(args) -> None:
 
 
 def measure(args, space, predictor) -> dict:
-    steps = {n: make_step(n, space, predictor, args.batch) for n in CONFIGS}
-    for n in CONFIGS:  # warm-up
-        steps[n]()
-    times: dict[str, list[float]] = {n: [] for n in CONFIGS}
-    for r in range(args.steps):
-        for n in CONFIGS:
-            times[n].append(steps[n]())
-        print(f"round {r + 1}/{args.steps}: " + ", ".join(
-            f"{n} {times[n][-1]:.2f}s" for n in CONFIGS), file=sys.stderr)
+    times = search_step.interleaved_times(
+        {n: make_step(n, space, predictor, args.batch) for n in CONFIGS}, args.steps)
     memory = {}
     for n in CONFIGS:
         cmd = [sys.executable, __file__, "--child", n, "--space", args.space,
@@ -178,14 +164,7 @@ def measure(args, space, predictor) -> dict:
             last = (out.stderr.strip().splitlines() or ["no output"])[-1]
             raise NasError(f"memory run of {n} failed: {last}")
         memory[n] = json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_mib"]
-    ref_t = float(np.median(times["largest-network"]))
-    ref_m = memory["largest-network"]
-    return {n: {"median_s": float(np.median(times[n])),
-                "p10_s": float(np.percentile(times[n], 10)),
-                "p90_s": float(np.percentile(times[n], 90)),
-                "time_ratio": float(np.median(times[n])) / ref_t,
-                "peak_growth_mib": memory[n],
-                "memory_ratio": memory[n] / ref_m} for n in CONFIGS}
+    return search_step.ratio_rows(times, memory)
 
 
 def markdown(report: dict) -> str:

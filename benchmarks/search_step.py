@@ -107,6 +107,42 @@ def _setup(space_name: str, lut_path: str | None, input_size: str | None = None,
     return space, lutlib.LatencyPredictor(table), path
 
 
+def timed(run):
+    """``run`` as a step that returns its own time in seconds."""
+    def step() -> float:
+        t = time.perf_counter()
+        run()
+        return time.perf_counter() - t
+    return step
+
+
+def interleaved_times(steps: dict, rounds: int) -> dict[str, list[float]]:
+    """Each step once to warm up, then ``rounds`` rounds of every step in turn (side by side, so
+    that a busy machine slows them alike); each step returns its own time in seconds."""
+    for run in steps.values():
+        run()
+    times: dict[str, list[float]] = {n: [] for n in steps}
+    for r in range(rounds):
+        for n, run in steps.items():
+            times[n].append(run())
+        print(f"round {r + 1}/{rounds}: " + ", ".join(
+            f"{n} {times[n][-1]:.2f}s" for n in steps), file=sys.stderr)
+    return times
+
+
+def ratio_rows(times: dict[str, list[float]], memory_mib: dict[str, float],
+               reference: str = "largest-network") -> dict[str, dict]:
+    """Median and p10/p90 step time and peak memory growth of each config, and both as a ratio
+    to ``reference``'s."""
+    ref_t, ref_m = float(np.median(times[reference])), memory_mib[reference]
+    return {n: {"median_s": float(np.median(times[n])),
+                "p10_s": float(np.percentile(times[n], 10)),
+                "p90_s": float(np.percentile(times[n], 90)),
+                "time_ratio": float(np.median(times[n])) / ref_t,
+                "peak_growth_mib": memory_mib[n],
+                "memory_ratio": memory_mib[n] / ref_m} for n in times}
+
+
 def peak_rss_growth(step, steps: int) -> tuple[float, float]:
     """Peak RSS growth (MiB) of this process over ``steps`` calls of ``step``, and the peak
     (MiB): the kernel's peak mark is reset to the current RSS first."""
@@ -155,17 +191,8 @@ def main() -> None:
         return
     names = args.configs.split(",")
     space, predictor, lut_path = _setup(args.space, args.lut, args.input, args.preset)
-    steps = {n: make_step(n, space, predictor, args.batch) for n in names}
-    for n in names:  # warm-up
-        steps[n]()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(args.rounds):
-        for n in names:
-            t = time.perf_counter()
-            steps[n]()
-            times[n].append(time.perf_counter() - t)
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(
-            f"{n} {times[n][-1]:.2f}s" for n in names), file=sys.stderr)
+    times = interleaved_times({n: timed(make_step(n, space, predictor, args.batch))
+                               for n in names}, args.rounds)
     memory = {}
     for n in names:
         out = subprocess.run([sys.executable, __file__, "--child", n, "--space", args.space,
@@ -178,14 +205,7 @@ def main() -> None:
         if out.returncode != 0:
             sys.exit(f"memory run of {n} failed:\n{out.stderr}")
         memory[n] = json.loads(out.stdout.strip().splitlines()[-1])
-    ref_t = float(np.median(times["largest-network"]))
-    ref_m = memory["largest-network"]["peak_growth_mib"]
-    rows = {n: {"median_s": float(np.median(times[n])),
-                "p10_s": float(np.percentile(times[n], 10)),
-                "p90_s": float(np.percentile(times[n], 90)),
-                "time_ratio": float(np.median(times[n])) / ref_t,
-                "peak_growth_mib": memory[n]["peak_growth_mib"],
-                "memory_ratio": memory[n]["peak_growth_mib"] / ref_m} for n in names}
+    rows = ratio_rows(times, {n: m["peak_growth_mib"] for n, m in memory.items()})
     report = {
         "what": "search step (weight + architecture step) / training step of the largest network",
         "space": args.space, "input": list(space.skeleton.input_size), "batch": args.batch,
