@@ -22,7 +22,8 @@ Target: searched >= mobilenetv2 + 1.0 PCK@0.2 at no more measured latency, and a
 random network. The recipe is the same for every model and is not tuned per model.
 
     python benchmarks/pose_proof.py [--space efficientpose-a] [--epochs 100] [--search-epochs 10] \
-        [--randoms 5] [--seed 0] [--threads N] [--jobs N] [--search-option KEY=VALUE ...] \\
+        [--randoms 5] [--seed 0] [--threads N] [--search-threads N] [--jobs N] \\
+        [--search-option KEY=VALUE ...] \\
         [--workdir runs/proof] [--out results/benchmarks/pose_proof.md]
 
 Resume: every stage writes its output into ``--workdir`` (``budget.json``, ``search/report.json``,
@@ -116,6 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "random networks, trained as before")
     ap.add_argument("--threads", type=int, help="CPU threads for search and training "
                     "(latency is always measured with the table's thread count)")
+    ap.add_argument("--search-threads", type=int,
+                    help="CPU threads for the search alone (default --threads): the search runs "
+                         "by itself, so it can take the cores that --jobs trainings share later")
     ap.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="retrain up to N models at once, each in its own process (default 1)")
@@ -133,7 +137,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     check_positive(ap, args, ("epochs", "search_epochs", "randoms", "batch_size", "threads",
-                              "limit", "jobs"))
+                              "search_threads", "limit", "jobs"))
     if args.rank_samples < 0:
         ap.error(f"--rank-samples {args.rank_samples}: expected 0 or more")
     return args
@@ -159,7 +163,7 @@ def search_config(budget_ms: float, args: argparse.Namespace) -> SearchConfig:
     return SearchConfig(budget_ms=budget_ms, space=args.space, input_size=input_size,
                         num_joints=joints, data=args.data, epochs=args.search_epochs,
                         rank_samples=args.rank_samples, seed=search_seed(args),
-                        threads=args.threads,
+                        threads=args.search_threads or args.threads,
                         **dict(args.search_option))
 
 

@@ -30,7 +30,8 @@ Target: searched >= mobilenetv2-lraspp + 1.0 mIoU at no more measured latency, a
 best random network. The recipe is the same for every model and is not tuned per model.
 
     python benchmarks/seg_proof.py [--epochs 60] [--search-epochs 10] [--randoms 5] [--seed 0] \\
-        [--threads N] [--jobs N] [--workers N] [--val-every N] [--input HxW] \\
+        [--threads N] [--search-threads N] [--jobs N] [--workers N] [--val-every N] \\
+        [--input HxW] \\
         [--search-option KEY=VALUE ...] [--lut PATH] [--json] [--workdir runs/seg_proof] \\
         [--out results/benchmarks/seg_proof.md]
 
@@ -147,6 +148,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "--lut: the table's device)")
     ap.add_argument("--threads", type=int, help="CPU threads for search, training and "
                     "evaluation (latency is always measured with the table's thread count)")
+    ap.add_argument("--search-threads", type=int,
+                    help="CPU threads for the search alone (default --threads): the search runs "
+                         "by itself, so it can take the cores that --jobs trainings share later")
     ap.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     ap.add_argument("--val-every", type=int, default=10, metavar="N",
                     help="validate every N epochs while retraining (0: only after the last; "
@@ -166,7 +170,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="print the report as one JSON object instead of the markdown")
     args = ap.parse_args(argv)
     check_positive(ap, args, ("epochs", "search_epochs", "randoms", "batch_size", "threads",
-                              "limit", "jobs"))
+                              "search_threads", "limit", "jobs"))
     for name in ("workers", "val_every"):
         if getattr(args, name) < 0:
             ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected 0 or more")
@@ -247,7 +251,8 @@ def search_config(budget_ms: float, space: SearchSpace, args: argparse.Namespace
     return SearchConfig(budget_ms=budget_ms, task="seg", space=space.name,
                         input_size=tuple(sk.input_size), num_joints=sk.num_joints,
                         data=args.data, epochs=args.search_epochs, seed=args.seed,
-                        threads=args.threads, device=args.device, **dict(args.search_option))
+                        threads=args.search_threads or args.threads, device=args.device,
+                        **dict(args.search_option))
 
 
 def train_config(spec: ArchSpec, args: argparse.Namespace) -> TrainConfig:

@@ -50,3 +50,18 @@ def test_search_seed_changes_the_search_alone(tmp_path):
     proof.write_json(tmp_path / "old" / "settings.json", old)
     assert proof.Stages(tmp_path / "old", "test", progress=False).pin(
         a, defaults={"search_seed": 0}) == a
+
+
+def test_search_threads_set_the_search_alone(capsys):
+    args = pose_proof.parse_args(["--threads", "1", "--search-threads", "2", "--jobs", "2"])
+    baseline = load_arch("mobilenetv2", input_size=(128, 128), num_joints=14)
+    assert pose_proof.search_config(8.0, args).threads == 2
+    assert pose_proof.train_config(baseline, args).threads == 1
+    # unset, the search takes --threads; threads are not a setting the results depend on
+    plain = pose_proof.parse_args(["--threads", "1"])
+    assert pose_proof.search_config(8.0, plain).threads == 1
+    lut = Path("table.parquet")
+    assert pose_proof.settings_of(args, lut) == pose_proof.settings_of(plain, lut)
+    with pytest.raises(SystemExit):
+        pose_proof.parse_args(["--search-threads", "0"])
+    assert "--search-threads" in capsys.readouterr().err

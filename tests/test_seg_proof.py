@@ -281,3 +281,13 @@ def test_models_trained_at_once_match_those_trained_one_by_one(camvid, space, tm
     assert {k: r["final"]["mean"] for k, r in trained_only.items()} == \
         {k: r["final"]["mean"] for k, r in serial[0].items()}
     assert not list((tmp_path / "no_split").glob("train/*/test.json"))
+
+
+def test_search_threads_set_the_search_alone(space, capsys):
+    args = seg_proof.parse_args(["--threads", "1", "--search-threads", "2"])
+    assert seg_proof.search_config(3.0, space, args).threads == 2
+    assert seg_proof.search_config(
+        3.0, space, seg_proof.parse_args(["--threads", "1"])).threads == 1
+    with pytest.raises(SystemExit):
+        seg_proof.parse_args(["--search-threads", "-1"])
+    assert "--search-threads" in capsys.readouterr().err
