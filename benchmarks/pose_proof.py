@@ -23,8 +23,8 @@ random network. The recipe is the same for every model and is not tuned per mode
 
     python benchmarks/pose_proof.py [--space efficientpose-a] [--epochs 100] [--search-epochs 10] \
         [--randoms 5] [--seed 0] [--threads N] [--search-threads N] [--jobs N] \\
-        [--search-option KEY=VALUE ...] \\
-        [--workdir runs/proof] [--out results/benchmarks/pose_proof.md]
+        [--search-option KEY=VALUE ...] [--workdir runs/proof] \\
+        [--out results/benchmarks/pose_proof.md]
 
 Resume: every stage writes its output into ``--workdir`` (``budget.json``, ``search/report.json``,
 ``randoms.json``, ``train/<model>/metrics.json``, ``latency.json``) and is skipped when that output

@@ -31,9 +31,8 @@ best random network. The recipe is the same for every model and is not tuned per
 
     python benchmarks/seg_proof.py [--epochs 60] [--search-epochs 10] [--randoms 5] [--seed 0] \\
         [--threads N] [--search-threads N] [--jobs N] [--workers N] [--val-every N] \\
-        [--input HxW] \\
-        [--search-option KEY=VALUE ...] [--lut PATH] [--json] [--workdir runs/seg_proof] \\
-        [--out results/benchmarks/seg_proof.md]
+        [--input HxW] [--search-option KEY=VALUE ...] [--lut PATH] [--json] \\
+        [--workdir runs/seg_proof] [--out results/benchmarks/seg_proof.md]
 
 Resume: every stage writes its output into ``--workdir`` (``budget.json``, ``search/report.json``,
 ``randoms.json``, ``train/<model>/metrics.json`` and ``test.json``, ``latency.json``) and is
