@@ -54,6 +54,7 @@ from nas.bench.proof import (
     ABLATION,
     WINDOW,
     Stages,
+    add_search_threads,
     check_positive,
     compare,
     derivation_only,
@@ -63,6 +64,7 @@ from nas.bench.proof import (
     run_main,
     search_option,
     search_seconds,
+    search_threads,
     verdict_lines,
 )
 from nas.search import SearchConfig
@@ -117,9 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "random networks, trained as before")
     ap.add_argument("--threads", type=int, help="CPU threads for search and training "
                     "(latency is always measured with the table's thread count)")
-    ap.add_argument("--search-threads", type=int,
-                    help="CPU threads for the search alone (default --threads): the search runs "
-                         "by itself, so it can take the cores that --jobs trainings share later")
+    add_search_threads(ap)
     ap.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="retrain up to N models at once, each in its own process (default 1)")
@@ -163,7 +163,7 @@ def search_config(budget_ms: float, args: argparse.Namespace) -> SearchConfig:
     return SearchConfig(budget_ms=budget_ms, space=args.space, input_size=input_size,
                         num_joints=joints, data=args.data, epochs=args.search_epochs,
                         rank_samples=args.rank_samples, seed=search_seed(args),
-                        threads=args.search_threads or args.threads,
+                        threads=search_threads(args),
                         **dict(args.search_option))
 
 

@@ -77,6 +77,7 @@ from nas.bench.proof import (
     ABLATION,
     WINDOW,
     Stages,
+    add_search_threads,
     check_positive,
     compare,
     derivation_only,
@@ -86,6 +87,7 @@ from nas.bench.proof import (
     run_main,
     search_option,
     search_seconds,
+    search_threads,
     verdict_lines,
 )
 from nas.search import SearchConfig
@@ -147,9 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "--lut: the table's device)")
     ap.add_argument("--threads", type=int, help="CPU threads for search, training and "
                     "evaluation (latency is always measured with the table's thread count)")
-    ap.add_argument("--search-threads", type=int,
-                    help="CPU threads for the search alone (default --threads): the search runs "
-                         "by itself, so it can take the cores that --jobs trainings share later")
+    add_search_threads(ap)
     ap.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     ap.add_argument("--val-every", type=int, default=10, metavar="N",
                     help="validate every N epochs while retraining (0: only after the last; "
@@ -250,7 +250,7 @@ def search_config(budget_ms: float, space: SearchSpace, args: argparse.Namespace
     return SearchConfig(budget_ms=budget_ms, task="seg", space=space.name,
                         input_size=tuple(sk.input_size), num_joints=sk.num_joints,
                         data=args.data, epochs=args.search_epochs, seed=args.seed,
-                        threads=args.search_threads or args.threads, device=args.device,
+                        threads=search_threads(args), device=args.device,
                         **dict(args.search_option))
 
 

@@ -70,6 +70,18 @@ def check_positive(ap: argparse.ArgumentParser, args: argparse.Namespace,
             ap.error(f"--{name.replace('_', '-')} {value}: expected a positive integer")
 
 
+def add_search_threads(ap: argparse.ArgumentParser) -> None:
+    """``--search-threads``; ``search_threads`` reads it (check it with ``check_positive``)."""
+    ap.add_argument("--search-threads", type=int,
+                    help="CPU threads for the search alone (default --threads): the search runs "
+                         "by itself, so it can take the cores that --jobs trainings share later")
+
+
+def search_threads(args: argparse.Namespace) -> int | None:
+    """The search's threads: ``--search-threads``, else ``--threads``."""
+    return args.search_threads or args.threads
+
+
 def search_option(reserved: Iterable[str] = ()) -> Callable[[str], tuple[str, object]]:
     """The argparse type of ``--search-option KEY=VALUE``: a ``SearchConfig`` field other than
     the ``reserved`` ones the proof sets itself; the value read as JSON, else as a string."""
