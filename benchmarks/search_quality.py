@@ -8,7 +8,8 @@ evaluations to ``results/benchmarks/search_quality.md`` (and ``.json``). See
 
     python benchmarks/search_quality.py [--strategies differentiable,optuna,random] \\
         [--seeds 0,1,2] [--trials 300] [--supernet runs/proxies/uniform/supernet-e20.pt] \\
-        [--workers 2] [--workdir runs/search_quality] [--finished-only] [--fidelity] [--json]
+        [--workers 2] [--workdir runs/search_quality] [--finished-only] [--fidelity] \\
+        [--earlier results/benchmarks/search_quality.json] [--json]
 
 Resumable: searches resume in their folders, finished ones are read back, picks train with
 per-epoch checkpoints (Ctrl-C stops; the same command continues).
@@ -62,6 +63,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", default="results/benchmarks/search_quality",
                     help="OUT.md and OUT.json, the picks' results in OUT/networks (a given .md "
                          "or .json suffix is taken off; default %(default)s)")
+    ap.add_argument("--earlier", metavar="JSON",
+                    help="an earlier report's JSON (e.g. the committed one): its rows for "
+                         "searches this run does not have are carried over, marked with the "
+                         "machine they ran on")
     ap.add_argument("--finished-only", action="store_true",
                     help="report the searches that have finished (their picks trained if "
                          "needed), start none")
@@ -102,12 +107,18 @@ def main(argv=None) -> int:
             if path.is_dir():
                 raise NasError(f"--out {args.out}: {path} is a directory; expected the report's "
                                "path without suffix")
+        earlier = None
+        if args.earlier:
+            earlier = pb.read_json(Path(args.earlier), "an earlier search_quality report")
         reports = sq.run_searches(q, bench, workdir, log=log, finished_only=args.finished_only)
         if not reports:
             raise NasError(f"no finished search in {workdir} among "
                            f"{', '.join(q.strategies)} x seeds {q.seeds}")
         result = sq.score(q, bench, reports, out, workdir, workers=args.workers, log=log,
                           fidelity=args.fidelity)
+        result["strategies"] = list(q.strategies)
+        if earlier is not None:
+            result["strategies"] = sq.add_earlier(result, earlier, args.earlier)
     except NasError as e:
         print(f"search_quality: error: {e}", file=sys.stderr)
         return 2
@@ -121,6 +132,8 @@ def main(argv=None) -> int:
     machine = (f"{describe(fingerprint(torch.device('cpu'), 1))}; Python "
                f"{platform.python_version()}, torch {torch.__version__}")
     result.update(command=command, settings=q.to_dict(), machine=machine)
+    for row in result["rows"]:
+        row.setdefault("machine", machine)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out.with_suffix(".json"), json.dumps(result, indent=2, default=str) + "\n")
     write_atomic(out.with_suffix(".md"), sq.render(result, q, command=command, machine=machine))

@@ -605,3 +605,80 @@ def test_a_searchs_own_supernet_is_scored_on_the_window_once(tmp_path):
     again = supernet_fidelity(tmp_path / "b", bench, inside, cache, compute=False)
     assert again == result                                    # from the cache, nothing scored
     assert supernet_fidelity(tmp_path / "c", bench, inside, cache) is None   # no checkpoint
+
+
+def test_a_ranking_variant_ranks_anothers_trained_search_again(tmp_path):
+    """RERANKS: the finished search copied with other rank_* settings and resumed ranks the same
+    trained supernet again (its training is not repeated); other settings must match."""
+    import dataclasses
+
+    from conftest import macs_table
+
+    from nas.bench.search_quality import RERANKS, VARIANTS, rerank_from
+    from nas.search import SearchConfig, search
+
+    assert all(VARIANTS[v]["rank_draw"] != VARIANTS[b]["rank_draw"] for v, b in RERANKS.items())
+    space = get_space("cpu-small", input_size=(64, 64))
+    lut_path = macs_table(space, tmp_path)
+    cfg = SearchConfig(budget_ms=100.0, space="cpu-small", input_size=(64, 64), epochs=1,
+                       train_samples=32, batch_size=8, rank_samples=2, rank_images=8,
+                       rank_bn_batches=1)
+    first = search(cfg, tmp_path / "a", lut=str(lut_path), allow_foreign_lut=True,
+                   progress=False)
+    before = (tmp_path / "a" / "checkpoint.pt").read_bytes()
+    again = dataclasses.replace(cfg, rank_samples=4, rank_draw="evolve")
+    rerank_from(tmp_path / "a", tmp_path / "b", again)
+    steps = []
+    report = search(None, tmp_path / "b", lut=str(lut_path), allow_foreign_lut=True,
+                    progress=False, resume=True, on_step=lambda *a, **k: steps.append(1))
+    assert steps == []                                      # no training step: ranked only
+    assert len(report["ranking"]) == 5 and len(first["ranking"]) == 3
+    assert {r["source"] for r in report["ranking"]} == {"derived", "sampled", "mutated"}
+    derived = [r for r in report["ranking"] if r["source"] == "derived"][0]
+    assert derived["choices"] == [r for r in first["ranking"]
+                                  if r["source"] == "derived"][0]["choices"]
+    assert (tmp_path / "a" / "checkpoint.pt").read_bytes() == before
+    with pytest.raises(NasError, match="epochs"):
+        rerank_from(tmp_path / "a", tmp_path / "c", dataclasses.replace(again, epochs=2))
+
+
+def test_picks_train_under_their_choices():
+    from nas.bench.search_quality import pick_key
+
+    space = get_space("cpu-small", input_size=(64, 64))
+    a, b = (space.sample(np.random.default_rng(i)) for i in (0, 1))
+    assert pick_key("x-s0", a) == pick_key("x-s0", a) != pick_key("x-s0", b)
+    assert pick_key("x-s0", a).startswith("pick-x-s0-")
+
+
+def test_earlier_rows_are_carried_where_this_run_has_none():
+    from nas.bench.search_quality import QualitySettings, add_earlier, render
+
+    def row(key, pck, pct):
+        strategy, seed = key.rsplit("-s", 1)
+        return {"key": key, "strategy": strategy, "seed": int(seed), "predicted_ms": 8.0,
+                "in_table": None, "trained": f"pick-{key}", "pck": pck, "percentile": pct,
+                "proxy_loss": 0.1, "evaluations": 48, "search_seconds": 60.0,
+                "supernet": None, "choices": {}}
+
+    result = {"window_ms": [7.2, 8.5], "population": 4, "not_run": ["random-48-s1"],
+              "population_pck": {"min": 1.0, "median": 2.0, "max": 3.0},
+              "rows": [row("reinforce-evolve-e10-s0", 30.0, 90.0)], "summary": {}}
+    earlier = {"window_ms": [7.2, 8.5], "machine": "cpu 'old'",
+               "rows": [row("random-48-s0", 20.0, 50.0), row("random-48-s1", 24.0, 70.0),
+                        row("reinforce-evolve-e10-s0", 10.0, 10.0)]}
+    strategies = add_earlier(result, earlier, "old.json")
+    assert strategies == ["reinforce-evolve-e10", "random-48"]
+    keys = [(r["key"], r.get("earlier", False)) for r in result["rows"]]
+    assert keys == [("reinforce-evolve-e10-s0", False), ("random-48-s0", True),
+                    ("random-48-s1", True)]                     # this run's row wins
+    assert result["summary"]["random-48"]["mean_percentile"] == 60.0
+    assert result["summary"]["reinforce-evolve-e10"]["mean_pck"] == 30.0
+    assert result["not_run"] == []
+    result["strategies"] = strategies
+    text = render(result, QualitySettings(), command="c", machine="cpu 'new'")
+    assert "| random-48* | 0 |" in text and "searched and timed on cpu 'old'" in text
+    assert [r["key"] for r in result["replaced"]] == ["reinforce-evolve-e10-s0"]
+    assert "| reinforce-evolve-e10 | 0 | 10.00 | 10 |" in text
+    with pytest.raises(NasError, match="window"):
+        add_earlier(result, {**earlier, "window_ms": [7.0, 8.5]}, "old.json")

@@ -456,3 +456,22 @@ def test_search_in_onnxruntime_measures_its_checks_there(lut_path, bounds, tmp_p
     with pytest.raises(NasError, match="measured in ONNX Runtime"):
         search(cfg, tmp_path / "t", lut=str(ort_path), progress=False)
     assert not (tmp_path / "t").exists()
+
+
+def test_rank_draw_evolve_from_the_command_line(lut_path, bounds, tmp_path, capsys):
+    """--rank-draw evolve: the ranking holds the derived network, window draws and mutations,
+    all inside the window, the pick the best scored."""
+    fast, slow = bounds
+    budget = fast + 0.4 * (slow - fast)
+    code, out, err = run(["search", "--budget", f"{budget}ms", "--lut", str(lut_path), "--out",
+                          str(tmp_path), "--json", *TINY, "--epochs", "1", "--rank-samples", "8",
+                          "--rank-draw", "evolve"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    ranking = report["ranking"]
+    assert len(ranking) == 9 and {r["source"] for r in ranking} == {"derived", "sampled",
+                                                                      "mutated"}
+    assert [r["proxy_loss"] for r in ranking] == sorted(r["proxy_loss"] for r in ranking)
+    low, high = report["window_ms"]
+    assert all(low <= r["predicted_ms"] <= high for r in ranking)
+    assert report["config"]["rank_draw"] == "evolve"

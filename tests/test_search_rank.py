@@ -124,3 +124,61 @@ def test_score_is_the_standalone_loss_after_bn_recalibration(space):
     assert got == pytest.approx(sum(losses) / len(losses), rel=1e-5)
     other = space.sample(np.random.default_rng(6))
     assert score(supernet, other, bn, held_out, POSE.loss) != pytest.approx(got, rel=1e-6)
+
+
+def _distance(a, b) -> int:
+    return sum(a.choices[k] != b.choices[k] for k in a.choices)
+
+
+def test_evolve_scores_as_it_draws_distinct_networks_of_the_window(space, predictor):
+    """draw="evolve": the derived network, a quarter drawn from the probabilities, the rest
+    mutations, each scored once in draw order; all distinct, inside the window, reproducible."""
+    probs = random_probs(space, 1)
+    window = middle_window(space, predictor)
+    seen = []
+
+    def evaluate(spec):
+        seen.append(spec)
+        return float(len(seen))          # the earliest drawn scores best: parents stay early
+
+    found = candidates(space, probs, predictor, window, samples=16, seed=2, name="n",
+                       draw="evolve", evaluate=evaluate)
+    assert len(found) == 17 and len(seen) == 17
+    assert [c["source"] for c in found] == ["derived"] + ["sampled"] * 4 + ["mutated"] * 12
+    assert [c["proxy_loss"] for c in found] == [float(i + 1) for i in range(17)]
+    keys = [tuple(sorted(c["spec"].choices.items())) for c in found]
+    assert len(set(keys)) == len(keys)
+    assert all(window[0] <= c["predicted_ms"] <= window[1] for c in found)
+    # mutations of the four best (the first four): a few layers away from one of them
+    n_layers = len(space.choice_layers())
+    for c in found[5:]:
+        assert min(_distance(c["spec"], p["spec"]) for p in found[:4]) <= n_layers // 2
+    seen.clear()
+    again = candidates(space, probs, predictor, window, samples=16, seed=2, name="n",
+                       draw="evolve", evaluate=evaluate)
+    assert [c["spec"].choices for c in again] == [c["spec"].choices for c in found]
+    with pytest.raises(NasError, match="evaluate"):
+        candidates(space, probs, predictor, window, samples=4, seed=0, name="n", draw="evolve")
+
+
+def test_evolve_finds_better_networks_than_window_draws_with_the_same_evaluations(space,
+                                                                                    predictor):
+    """On a proxy that rewards closeness to a hidden network, the best of 24 evolved networks
+    beats the best of 24 window draws on most seeds (the point of evolving)."""
+    probs = {layer.label: torch.full((len(layer.candidates),), 1.0 / len(layer.candidates))
+             for layer in space.choice_layers()}
+    window = middle_window(space, predictor)
+    wins = 0
+    for seed in range(6):
+        target = space.sample(np.random.default_rng(100 + seed))
+
+        def evaluate(spec, target=target):
+            return float(_distance(spec, target))
+
+        evolved = candidates(space, probs, predictor, window, samples=24, seed=seed, name="n",
+                             draw="evolve", evaluate=evaluate)
+        drawn = candidates(space, probs, predictor, window, samples=24, seed=seed, name="n")
+        best_evolved = min(c["proxy_loss"] for c in evolved)
+        best_drawn = min(evaluate(c["spec"]) for c in drawn)
+        wins += best_evolved < best_drawn
+    assert wins >= 4

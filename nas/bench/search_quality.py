@@ -16,6 +16,8 @@ Searches run in ``workdir/<strategy>-s<seed>`` and resume there; picks train in
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -55,11 +57,23 @@ VARIANTS = {
     "reinforce-window-e10": {"strategy": "differentiable", "mode": "reinforce",
                              "lam_control": "expected", "arch_lr": 0.05, "rank_samples": 48,
                              "rank_draw": "window", "epochs": 10},
+    # the same trained searches ranked again, their 48 candidates chosen by evolution (a
+    # quarter drawn as "window", the rest mutations of the best scored so far; RERANKS)
+    "reinforce-evolve-e10": {"strategy": "differentiable", "mode": "reinforce",
+                             "lam_control": "expected", "arch_lr": 0.05, "rank_samples": 48,
+                             "rank_draw": "evolve", "epochs": 10},
     "optuna": {"strategy": "optuna"},
+    # TPE with the default's proxy evaluations (20 window draws, then 28 modelled)
+    "optuna-48": {"strategy": "optuna", "trials": 48},
     "random": {"strategy": "random"},
     # random search with the default's proxy evaluations (its ranking scores 48 networks)
     "random-48": {"strategy": "random", "trials": 48},
 }
+
+# variants that rank a finished search of another again instead of training their own: the
+# supernet and probabilities are the other's (same seed), only the ranking differs, so the two
+# compare paired; the search's cost is the other's training plus its own ranking
+RERANKS = {"reinforce-evolve-e10": "reinforce-window-e10"}
 
 
 @dataclass
@@ -111,30 +125,79 @@ def run_searches(q: QualitySettings, bench: pb.BenchSettings, workdir: Path, *,
     from nas.search.run import search
     from nas.search.run_blackbox import STATE_FILE
 
-    reports = {}
     table = pb.REPO / bench.table if not Path(bench.table).is_absolute() else Path(bench.table)
+
+    def run_one(strategy: str, seed: int) -> dict | None:
+        key = f"{strategy}-s{seed}"
+        out = workdir / key
+        done = out / "report.json"
+        if done.is_file():
+            return json.loads(done.read_text())
+        if finished_only:
+            return None
+        resume = (out / STATE_FILE).is_file() or (out / "checkpoint.pt").is_file()
+        cfg = None if resume else search_config(q, bench, strategy, seed)
+        if strategy in RERANKS and not resume:
+            base = RERANKS[strategy]
+            run_one(base, seed)   # its trained search first (read back when finished)
+            rerank_from(workdir / f"{base}-s{seed}", out, cfg)
+            resume = True
+            log(f"ranking {base}-s{seed}'s trained search again as {key} in {out}")
+        else:
+            log(f"{'continuing' if resume else 'running'} search {key} in {out}")
+        t0 = time.perf_counter()
+        report = search(None if resume else cfg, out, lut=str(table), allow_foreign_lut=True,
+                        progress=progress, resume=resume)
+        if report.get("status") == "interrupted":
+            raise KeyboardInterrupt
+        report["wall_seconds_this_run"] = time.perf_counter() - t0
+        write_atomic(done, json.dumps(report, indent=2, default=str) + "\n")
+        return report
+
+    reports = {}
     for strategy in q.strategies:
         for seed in q.seeds:
-            key = f"{strategy}-s{seed}"
-            out = workdir / key
-            done = out / "report.json"
-            if done.is_file():
-                reports[key] = json.loads(done.read_text())
-                continue
-            if finished_only:
-                continue
-            resume = (out / STATE_FILE).is_file() or (out / "checkpoint.pt").is_file()
-            log(f"{'continuing' if resume else 'running'} search {key} in {out}")
-            t0 = time.perf_counter()
-            cfg = None if resume else search_config(q, bench, strategy, seed)
-            report = search(cfg, out, lut=str(table), allow_foreign_lut=True,
-                            progress=progress, resume=resume)
-            if report.get("status") == "interrupted":
-                raise KeyboardInterrupt
-            report["wall_seconds_this_run"] = time.perf_counter() - t0
-            write_atomic(done, json.dumps(report, indent=2, default=str) + "\n")
-            reports[key] = report
+            report = run_one(strategy, seed)
+            if report is not None:
+                reports[f"{strategy}-s{seed}"] = report
     return reports
+
+
+def rerank_from(base: Path, out: Path, cfg) -> None:
+    """Copy the finished differentiable search in ``base`` to ``out`` with ``cfg``'s ranking
+    settings, so that resuming it there ranks its trained supernet again (``RERANKS``)."""
+    import shutil
+
+    import torch
+
+    from nas.search.searcher import load_checkpoint
+
+    state = load_checkpoint(base / "checkpoint.pt")
+    mine = dataclasses.asdict(cfg)
+    # a setting left None is resolved by the search (e.g. runtime from the table): not compared
+    differs = [k for k in mine if not k.startswith("rank") and k in state["config"]
+               and mine[k] is not None and mine[k] != state["config"][k]
+               and not (isinstance(mine[k], tuple) and list(mine[k]) == state["config"][k])]
+    if differs:
+        raise NasError(f"{base}: that search's settings differ from the ranking variant's in "
+                       f"{', '.join(differs)}; only rank_* may differ")
+    for k in mine:
+        if k.startswith("rank"):
+            state["config"][k] = mine[k]
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("log.jsonl",):
+        if (base / name).is_file():
+            shutil.copy2(base / name, out / name)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_atomic(out / "checkpoint.pt", buf.getvalue())
+
+
+def pick_key(key: str, spec: ArchSpec) -> str:
+    """The name a search's pick trains under: its search and its choices (a search run again
+    that picks another network does not take the earlier pick's result)."""
+    digest = hashlib.sha1(_choices_key(spec.choices).encode()).hexdigest()[:8]
+    return f"pick-{key}-{digest}"
 
 
 def percentile(value: float, population: list[float]) -> float:
@@ -210,16 +273,21 @@ def score(q: QualitySettings, bench: pb.BenchSettings, reports: dict[str, dict],
                    & table["predicted_ms_proof_table"].between(low, high)]
     by_choices = {_choices_key(json.loads(a)["choices"]): (k, p)
                   for k, a, p in zip(inside["key"], inside["arch"], inside["pck"], strict=True)}
+    # picks trained before, by their choices: a pick is trained once whichever search chose it
+    results = pb.load_results(out, bench)
+    trained = {_choices_key(r["arch"]["choices"]): k for k, r in results.items()}
     picks, todo = {}, []
     for key, r in reports.items():
         spec = ArchSpec.from_dict(r["arch"], where=f"{key}/report.json")
-        found = by_choices.get(_choices_key(spec.choices))
+        choices = _choices_key(spec.choices)
+        found = by_choices.get(choices)
         picks[key] = {"spec": spec, "in_table": found[0] if found else None,
-                      "pck": found[1] if found else None}
-        if not found:
-            todo.append(pb.Entry(f"pick-{key}", spec, "pick", predicted_ms=r.get("predicted_ms")))
-    results = pb.load_results(out, bench)
-    todo = [e for e in todo if e.key not in results]
+                      "pck": found[1] if found else None,
+                      "trained": None if found else trained.get(choices, pick_key(key, spec))}
+        if not found and choices not in trained and all(e.key != picks[key]["trained"]
+                                                        for e in todo):
+            todo.append(pb.Entry(picks[key]["trained"], spec, "pick",
+                                 predicted_ms=r.get("predicted_ms")))
     if todo:
         log(f"training {len(todo)} pick(s) with the table's recipe")
         status = pb.train_all(out, workdir / "train", bench, todo, workers=workers, log=log)
@@ -231,12 +299,13 @@ def score(q: QualitySettings, bench: pb.BenchSettings, reports: dict[str, dict],
     for key, p in picks.items():
         r = reports[key]
         strategy, seed = key.rsplit("-s", 1)
-        trained = results.get(f"pick-{key}")
+        trained = results.get(p["trained"]) if p["trained"] else None
         pck = p["pck"] if p["in_table"] else (trained or {}).get("pck")
         search = r.get("search") or {}
         rows.append({
             "key": key, "strategy": strategy, "seed": int(seed),
             "predicted_ms": r.get("predicted_ms"), "in_table": p["in_table"],
+            "trained": p["trained"],
             "pck": pck, "percentile": percentile(pck, population) if pck is not None else None,
             "proxy_loss": (r.get("proxy") or {}).get("loss", r.get("proxy_loss")),
             "evaluations": search.get("evaluations", (r.get("config") or {}).get("rank_samples")),
@@ -245,8 +314,19 @@ def score(q: QualitySettings, bench: pb.BenchSettings, reports: dict[str, dict],
                                           log=log, compute=fidelity)
             if strategy not in ("optuna", "random") else None,
             "choices": dict(p["spec"].choices)})
+    summary = summarize(rows, q.strategies)
+    missing = [f"{st}-s{seed}" for st in q.strategies for seed in q.seeds
+               if f"{st}-s{seed}" not in reports]
+    return {"window_ms": [low, high], "population": len(population), "not_run": missing,
+            "population_pck": {"min": min(population), "median": float(np.median(population)),
+                               "max": max(population)},
+            "rows": rows, "summary": summary}
+
+
+def summarize(rows: list[dict], strategies) -> dict:
+    """Per strategy (in ``strategies``' order): seeds scored, mean percentile, PCK and time."""
     summary = {}
-    for strategy in q.strategies:
+    for strategy in strategies:
         mine = [r for r in rows if r["strategy"] == strategy and r["percentile"] is not None]
         if mine:
             summary[strategy] = {
@@ -255,12 +335,31 @@ def score(q: QualitySettings, bench: pb.BenchSettings, reports: dict[str, dict],
                 "mean_pck": float(np.mean([r["pck"] for r in mine])),
                 "mean_search_seconds": float(np.mean([r["search_seconds"] or 0 for r in mine])),
                 "evaluations": [r["evaluations"] for r in mine]}
-    missing = [f"{st}-s{seed}" for st in q.strategies for seed in q.seeds
-               if f"{st}-s{seed}" not in reports]
-    return {"window_ms": [low, high], "population": len(population), "not_run": missing,
-            "population_pck": {"min": min(population), "median": float(np.median(population)),
-                               "max": max(population)},
-            "rows": rows, "summary": summary}
+    return summary
+
+
+def add_earlier(result: dict, earlier: dict, where: str) -> list[str]:
+    """Carry the rows of an ``earlier`` report (its JSON) whose searches this one did not run
+    (their folders gone, or run on another machine), each marked with the earlier machine;
+    the window must be the same. Returns the strategies, this report's first."""
+    if [round(x, 6) for x in earlier.get("window_ms", [])] != [round(x, 6)
+                                                               for x in result["window_ms"]]:
+        raise NasError(f"--earlier {where}: its window {earlier.get('window_ms')} ms is not "
+                       f"this report's {result['window_ms']}")
+    mine = {r["key"] for r in result["rows"]}
+    result["replaced"] = []
+    for r in earlier.get("rows", []):
+        row = {**r, "machine": r.get("machine") or earlier.get("machine"), "earlier": True}
+        (result["replaced"] if r["key"] in mine else result["rows"]).append(row)
+    strategies = list(dict.fromkeys([*result["summary"], *(r["strategy"]
+                                                           for r in result["rows"])]))
+    strategies = [s for s in VARIANTS if s in strategies] + [s for s in strategies
+                                                             if s not in VARIANTS]
+    result["rows"].sort(key=lambda r: (strategies.index(r["strategy"]), r["seed"]))
+    result["summary"] = summarize(result["rows"], strategies)
+    result["not_run"] = [k for k in result.get("not_run", [])
+                         if k not in {r["key"] for r in result["rows"]}]
+    return strategies
 
 
 def _search_seconds(r: dict, folder: Path) -> float | None:
@@ -308,9 +407,10 @@ def render(result: dict, q: QualitySettings, *, command: str, machine: str) -> s
              "search s | own supernet: tau, best's percentile |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        pick = r["in_table"] or f"pick-{r['key']} (trained)"
+        pick = r["in_table"] or f"{r.get('trained') or 'pick-' + r['key']} (trained)"
         own = r.get("supernet")
-        lines.append(f"| {r['strategy']} | {r['seed']} | {pick} | {r['predicted_ms']:.3f} | "
+        mark = "*" if r.get("earlier") else ""
+        lines.append(f"| {r['strategy']}{mark} | {r['seed']} | {pick} | {r['predicted_ms']:.3f} | "
                      + (f"{r['pck']:.2f} | {r['percentile']:.0f} |" if r["pck"] is not None
                         else "- | - |")
                      + f" {r['evaluations'] if r['evaluations'] is not None else '-'} | "
@@ -323,10 +423,25 @@ def render(result: dict, q: QualitySettings, *, command: str, machine: str) -> s
                   "per path, heatmap loss on 200 held-out images of the search's architecture "
                   "split); Kendall tau against PCK@0.2, and the percentile of the network it "
                   "scores best. The 5-epoch uniform supernet scores 0.665 there."]
+    earlier = sorted({r["machine"] for r in result["rows"] if r.get("earlier")})
+    if earlier:
+        lines += ["", "\\* carried from the earlier report (`--earlier`): searched and timed on "
+                  + "; ".join(earlier) + "; its search folders are not kept here."]
+    if result.get("replaced"):
+        lines += ["", "The earlier report's runs of searches run again here (on "
+                  + "; ".join(sorted({r["machine"] for r in result["replaced"]}))
+                  + "), replaced above (run again on another machine, a search may pick "
+                  "another network):", "",
+                  "| strategy | seed | PCK@0.2 | percentile |", "|---|---|---|---|"]
+        lines += [f"| {r['strategy']} | {r['seed']} | "
+                  + (f"{r['pck']:.2f} | {r['percentile']:.0f} |" if r["pck"] is not None
+                     else "- | - |") for r in result["replaced"]]
     if result.get("not_run"):
         lines += ["", f"Not run yet: {', '.join(result['not_run'])}."]
     lines += ["", "Strategies (`nas search` settings; the search's own defaults otherwise):", ""]
-    lines += [f"- {name}: {variant_text(name)}" for name in q.strategies]
+    lines += [f"- {name}: {variant_text(name)}" + (f" (ranks {RERANKS[name]}'s searches again)"
+                                                   if name in RERANKS else "")
+              for name in result.get("strategies") or q.strategies]
     lines += ["", "| strategy | seeds | mean percentile | mean PCK@0.2 | target |",
               "|---|---|---|---|---|"]
     for strategy, s in result["summary"].items():

@@ -14,6 +14,7 @@ from nas.commands import INTERRUPTED, Result, given_flags
 from nas.search.blackbox import OBJECTIVE_ALIASES, OBJECTIVES, STRATEGIES
 from nas.search.budget import format_ms, parse_budgets
 from nas.search.oneshot import RULES
+from nas.search.rank import DRAWS
 from nas.search.relax import MODES
 from nas.search.searcher import DEFAULT_SPACES, SearchConfig
 
@@ -77,10 +78,11 @@ def register(sub) -> None:
                    help="after the search, rank the derived network and N more drawn from the "
                         "learned probabilities by the supernet's held-out loss (default 48; "
                         "0: derivation alone)")
-    p.add_argument("--rank-draw", choices=("window", "fit"),
+    p.add_argument("--rank-draw", choices=DRAWS,
                    help="how the ranked networks are drawn: window, from the learned "
                         "probabilities among the networks of the latency window (default); fit, "
-                        "each draw fitted into the window by derivation")
+                        "each draw fitted into the window by derivation; evolve, a quarter "
+                        "drawn as window, the rest mutations of the best scored so far")
     g = p.add_argument_group("optuna and random strategies")
     g.add_argument("--trials", type=positive_int,
                    help="networks inside the window scored by the supernet (proxy evaluations, "

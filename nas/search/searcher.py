@@ -135,7 +135,8 @@ class SearchConfig:
     # ranks standalone networks best (results/posebench/proxies.md); 0: derivation alone
     rank_samples: int = 48
     # how they are drawn (nas.search.rank): "window", from the learned probabilities among the
-    # window's networks; "fit", each draw fitted into the window by derivation (before)
+    # window's networks; "fit", each draw fitted into the window by derivation (before);
+    # "evolve", a quarter so drawn, the rest mutations of the best scored so far
     rank_draw: str = "window"
     rank_images: int = 256              # architecture-split images each candidate is scored on
     rank_bn_batches: int = 8            # weight-split batches to recompute BatchNorm statistics
@@ -228,8 +229,10 @@ class SearchConfig:
         for name in ("epochs", "batch_size", "train_samples", "rank_images", "rank_bn_batches"):
             check_int(name, getattr(self, name))
         check_int("rank_samples", self.rank_samples, minimum=0)
-        if self.rank_draw not in ("window", "fit"):
-            raise NasError(f"rank_draw {self.rank_draw!r}: expected window or fit")
+        from nas.search.rank import DRAWS
+
+        if self.rank_draw not in DRAWS:
+            raise NasError(f"rank_draw {self.rank_draw!r}: expected one of {', '.join(DRAWS)}")
         check_int("seed", self.seed, minimum=0)
         for name in ("arch_batch_size", "threads", "num_joints", "warmup_epochs"):
             check_int(name, getattr(self, name), minimum=0 if name == "warmup_epochs" else 1,
