@@ -91,6 +91,15 @@ def log(message: str) -> None:
           flush=True)
 
 
+def _machine() -> str:
+    import torch
+
+    from lut.fingerprint import describe, fingerprint
+
+    return (f"{describe(fingerprint(torch.device('cpu'), 1))}; Python "
+            f"{platform.python_version()}, torch {torch.__version__}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     command = shlex.join(["python", "benchmarks/search_quality.py",
@@ -117,20 +126,15 @@ def main(argv=None) -> int:
         result = sq.score(q, bench, reports, out, workdir, workers=args.workers, log=log,
                           fidelity=args.fidelity)
         result["strategies"] = list(q.strategies)
+        machine = _machine()
         if earlier is not None:
-            result["strategies"] = sq.add_earlier(result, earlier, args.earlier)
+            result["strategies"] = sq.add_earlier(result, earlier, args.earlier, machine)
     except NasError as e:
         print(f"search_quality: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("search_quality: interrupted; the same command continues", file=sys.stderr)
         return 130
-    import torch
-
-    from lut.fingerprint import describe, fingerprint
-
-    machine = (f"{describe(fingerprint(torch.device('cpu'), 1))}; Python "
-               f"{platform.python_version()}, torch {torch.__version__}")
     result.update(command=command, settings=q.to_dict(), machine=machine)
     for row in result["rows"]:
         row.setdefault("machine", machine)

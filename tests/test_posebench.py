@@ -682,3 +682,25 @@ def test_earlier_rows_are_carried_where_this_run_has_none():
     assert "| reinforce-evolve-e10 | 0 | 10.00 | 10 |" in text
     with pytest.raises(NasError, match="window"):
         add_earlier(result, {**earlier, "window_ms": [7.0, 8.5]}, "old.json")
+
+
+def test_a_report_read_back_as_earlier_keeps_its_replaced_rows_once():
+    """Running the same report again with --earlier pointing at its own JSON: this machine's
+    rows are not listed as replaced, the other machine's replaced rows stay, once."""
+    from nas.bench.search_quality import add_earlier
+
+    def row(key, pct, machine=None):
+        strategy, seed = key.rsplit("-s", 1)
+        return {"key": key, "strategy": strategy, "seed": int(seed), "pck": pct, "percentile": pct,
+                "search_seconds": 1.0, "evaluations": 48, **({"machine": machine} if machine
+                                                             else {})}
+
+    first = {"window_ms": [1.0, 2.0], "rows": [row("random-48-s0", 50.0, "new")], "summary": {}}
+    add_earlier(first, {"window_ms": [1.0, 2.0], "machine": "old",
+                        "rows": [row("random-48-s0", 40.0), row("random-s0", 90.0)]},
+                "a.json", "new")
+    assert [(r["key"], r["machine"]) for r in first["replaced"]] == [("random-48-s0", "old")]
+    again = {"window_ms": [1.0, 2.0], "rows": [row("random-48-s0", 50.0, "new")], "summary": {}}
+    add_earlier(again, first, "b.json", "new")
+    assert [(r["key"], r["machine"]) for r in again["replaced"]] == [("random-48-s0", "old")]
+    assert sorted(r["key"] for r in again["rows"]) == ["random-48-s0", "random-s0"]

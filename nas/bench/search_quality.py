@@ -338,19 +338,34 @@ def summarize(rows: list[dict], strategies) -> dict:
     return summary
 
 
-def add_earlier(result: dict, earlier: dict, where: str) -> list[str]:
+def add_earlier(result: dict, earlier: dict, where: str, machine: str | None = None
+                ) -> list[str]:
     """Carry the rows of an ``earlier`` report (its JSON) whose searches this one did not run
     (their folders gone, or run on another machine), each marked with the earlier machine;
-    the window must be the same. Returns the strategies, this report's first."""
+    rows of searches this one ran again go to ``result["replaced"]`` (with the earlier report's
+    own replaced rows), unless they ran on ``machine``, this one's (the same search read
+    back). The window must be the same. Returns the strategies, this report's first."""
     if [round(x, 6) for x in earlier.get("window_ms", [])] != [round(x, 6)
                                                                for x in result["window_ms"]]:
         raise NasError(f"--earlier {where}: its window {earlier.get('window_ms')} ms is not "
                        f"this report's {result['window_ms']}")
     mine = {r["key"] for r in result["rows"]}
     result["replaced"] = []
+
+    def replaced(row: dict) -> None:
+        if row["machine"] != machine and all((x["key"], x["machine"]) != (row["key"],
+                                                                          row["machine"])
+                                             for x in result["replaced"]):
+            result["replaced"].append(row)
+
     for r in earlier.get("rows", []):
         row = {**r, "machine": r.get("machine") or earlier.get("machine"), "earlier": True}
-        (result["replaced"] if r["key"] in mine else result["rows"]).append(row)
+        if r["key"] in mine:
+            replaced(row)
+        else:
+            result["rows"].append(row)
+    for r in earlier.get("replaced", []):
+        replaced(r)
     strategies = list(dict.fromkeys([*result["summary"], *(r["strategy"]
                                                            for r in result["rows"])]))
     strategies = [s for s in VARIANTS if s in strategies] + [s for s in strategies
