@@ -185,9 +185,8 @@ def rerank_from(base: Path, out: Path, cfg) -> None:
         if k.startswith("rank"):
             state["config"][k] = mine[k]
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("log.jsonl",):
-        if (base / name).is_file():
-            shutil.copy2(base / name, out / name)
+    if (base / "log.jsonl").is_file():        # the epochs' log: the search's time counts it
+        shutil.copy2(base / "log.jsonl", out / "log.jsonl")
     buf = io.BytesIO()
     torch.save(state, buf)
     write_atomic(out / "checkpoint.pt", buf.getvalue())
