@@ -42,6 +42,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
+from nas.search.blackbox import choice_key
 from nas.search.derive import Derivation, derive
 from nas.search.searcher import collate
 from nas.search.window import WindowSampler
@@ -75,7 +76,7 @@ def candidates(space: SearchSpace, probs: Mapping[str, torch.Tensor], predictor,
         if evaluate is None:
             raise NasError("rank_draw 'evolve' scores while it draws: give evaluate")
         return evolve(space, probs, predictor, window, samples, seed, name, out[0], evaluate)
-    seen = {tuple(sorted(first.spec.choices.items()))}
+    seen = {choice_key(first.spec)}
     if draw == "window":
         low, high = window if window is not None else (None, None)
         sampler = WindowSampler(predictor, space, low, high)
@@ -85,7 +86,7 @@ def candidates(space: SearchSpace, probs: Mapping[str, torch.Tensor], predictor,
             if len(out) > samples:
                 break
             for spec in sampler.draws(rng, samples, name, weights=weights):
-                key = tuple(sorted(spec.choices.items()))
+                key = choice_key(spec)
                 if key not in seen and len(out) <= samples:
                     seen.add(key)
                     out.append({"spec": spec, "predicted_ms": latency(spec),
@@ -110,16 +111,12 @@ def candidates(space: SearchSpace, probs: Mapping[str, torch.Tensor], predictor,
             sub = (low + float(torch.rand((), generator=gen, dtype=torch.float64)) * (high - low),
                    high)
         d = derive(space, blended, latency, sub, name=name)
-        key = tuple(sorted(d.spec.choices.items()))
+        key = choice_key(d.spec)
         inside = window is None or window[0] <= d.latency_ms <= window[1]
         if inside and key not in seen:
             seen.add(key)
             out.append({"spec": d.spec, "predicted_ms": d.latency_ms, "source": "sampled"})
     return out
-
-
-def _key(spec: ArchSpec) -> tuple:
-    return tuple(sorted(spec.choices.items()))
 
 
 def evolve(space: SearchSpace, probs: Mapping[str, torch.Tensor], predictor,
@@ -138,12 +135,12 @@ def evolve(space: SearchSpace, probs: Mapping[str, torch.Tensor], predictor,
     learned = {lb: p.detach().double().cpu().numpy() for lb, p in probs.items()}
     rng = np.random.default_rng(seed * 7_368_787 + 17)
     first = {**first, "proxy_loss": evaluate(first["spec"])}
-    out, seen = [first], {_key(first["spec"])}
+    out, seen = [first], {choice_key(first["spec"])}
 
     def add(spec: ArchSpec, source: str) -> bool:
-        if _key(spec) in seen:
+        if choice_key(spec) in seen:
             return False
-        seen.add(_key(spec))
+        seen.add(choice_key(spec))
         out.append({"spec": spec, "predicted_ms": predictor.latency(spec), "source": source,
                     "proxy_loss": evaluate(spec)})
         return True
@@ -159,17 +156,8 @@ def evolve(space: SearchSpace, probs: Mapping[str, torch.Tensor], predictor,
     while len(out) <= samples and misses < 50:
         best = sorted(out, key=lambda c: c["proxy_loss"])[:parents]
         parent = best[int(rng.integers(len(best)))]["spec"]
-        weights = {}
-        for layer in space.choice_layers():
-            p = learned[layer.label].copy()
-            i = layer.index(parent.choices[layer.label])
-            p[i] = 0.0
-            p = p / p.sum() if p.sum() > 0 else np.full(len(p), 1.0 / max(1, len(p) - 1))
-            p[i] = 0.0
-            weights[layer.label] = (1.0 - keep) * p
-            weights[layer.label][i] = keep
         try:
-            child = sampler.sample(rng, name, weights=weights)
+            child = sampler.near(parent, rng, keep=keep, name=name, spread=learned)
         except NasError:  # no network of the window this close to the parent
             child = sampler.sample(rng, name, weights=learned)
         misses = 0 if add(child, "mutated") else misses + 1

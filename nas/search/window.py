@@ -151,15 +151,21 @@ class WindowSampler:
                    (ms - self.high) if self.high is not None else 0.0)
 
     def near(self, spec: ArchSpec, rng: np.random.Generator, *, keep: float = 0.9,
-             name: str = "repaired") -> ArchSpec:
+             name: str = "repaired", spread: dict[str, np.ndarray] | None = None) -> ArchSpec:
         """A network of the window close to ``spec`` (which may lie outside it): drawn with
         weight ``keep`` on each of ``spec``'s choices and ``1 - keep`` spread over the other
-        candidates of its layer, so it changes as few layers as the window requires, and which
-        ones at random."""
+        candidates of its layer (evenly, or in proportion to ``spread``'s weights for the layer
+        when it gives them), so it changes as few layers as the window requires, and which ones
+        at random."""
         weights = {}
         for layer in self.space.choice_layers():
             k = len(layer.candidates)
+            i = layer.index(spec.choices[layer.label])
             w = np.full(k, (1.0 - keep) / max(1, k - 1))
-            w[layer.index(spec.choices[layer.label])] = keep
+            if spread is not None and np.delete(spread[layer.label], i).sum() > 0:
+                w = np.asarray(spread[layer.label], dtype=float).copy()
+                w[i] = 0.0
+                w *= (1.0 - keep) / w.sum()
+            w[i] = keep
             weights[layer.label] = w
         return self.sample(rng, name, weights=weights)
