@@ -29,7 +29,7 @@ shows.
 Target: searched >= mobilenetv2-lraspp + 1.0 mIoU at no more measured latency, and above the
 best random network. The recipe is the same for every model and is not tuned per model.
 
-    python benchmarks/seg_proof.py [--epochs 60] [--search-epochs 10] [--randoms 5] [--seed 0] \\
+    python benchmarks/seg_proof.py [--epochs 60] [--search-epochs 40] [--randoms 5] [--seed 0] \\
         [--threads N] [--search-threads N] [--jobs N] [--workers N] [--val-every N] \\
         [--input HxW] [--search-option KEY=VALUE ...] [--lut PATH] [--json] \\
         [--workdir runs/seg_proof] [--out results/benchmarks/seg_proof.md]
@@ -132,8 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # 2-core machine 1 to 1.7 h per model (mobilenetv2-lraspp ~100 s an epoch), ~9 h for 7
     ap.add_argument("--epochs", type=int, default=60,
                     help="retraining epochs, the same for every model (default %(default)s)")
-    ap.add_argument("--search-epochs", type=int, default=10,
-                    help="default %(default)s, as nas search")
+    ap.add_argument("--search-epochs", type=int,
+                    help="default: nas search's for the data (40 on CamVid)")
     ap.add_argument("--search-option", action="append", default=[], metavar="KEY=VALUE",
                     type=search_option(RESERVED),
                     help="a SearchConfig field for the search, repeatable, e.g. rank_samples=32, "
@@ -424,6 +424,8 @@ def run(args: argparse.Namespace) -> dict:
     stages = Stages(Path(args.workdir), NAME, progress=not args.no_progress)
     data = check_data(args.data)
     space = the_space(args)
+    if args.search_epochs is None:   # nas search's default for the data and search options
+        args.search_epochs = search_config(1.0, space, args).epochs
     lut_path = table_path(space, args.lut, args.device or "cpu")
     args.device = table_device(lut_path, args.device) if args.lut else (args.device or "cpu")
     settings = stages.pin(settings_of(args, space, lut_path), defaults={"device": "cpu"})

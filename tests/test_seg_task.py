@@ -257,3 +257,37 @@ def test_objective_score_with_a_proposing_strategy(tmp_path, capsys):
     assert report["window_ms"] is None or report["window_ms"][0] == 0.0
     assert report["latency_weight"]["predicted"] == 1.0  # the macs table: all under 3 ms
     assert report["search"]["evaluations"] == 4 and (out / "search.png").is_file()
+
+
+def test_search_epochs_default_is_the_tasks(tmp_path):
+    """Pose searches 10 epochs; seg enough for SEARCH_WEIGHT_STEPS (720) weight steps of the
+    search's weight part, at least 10; given epochs are kept."""
+    from PIL import Image
+
+    from nas.search import SearchConfig
+    from nas.tasks.seg.task import SEARCH_WEIGHT_STEPS
+
+    assert SEARCH_WEIGHT_STEPS == 720
+    assert SearchConfig(budget_ms=5.0).epochs == 10
+    seg = {"budget_ms": 5.0, "task": "seg", "space": "seg-small"}
+    # synthetic: 1024 images, 205 held out, 819 // 16 = 51 steps an epoch -> 15 epochs
+    assert SearchConfig(**seg).epochs == 15
+    assert SearchConfig(**seg).warmup_epochs == 7
+    assert SearchConfig(**seg, train_samples=4096).epochs == 10
+    assert SearchConfig(**seg, epochs=3).epochs == 3
+    root = tmp_path / "camvid"
+    lines = []
+    for i in range(40):
+        for folder in ("train", "trainannot"):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / folder / f"f{i:02d}.png")
+        lines.append(f"/SegNet/CamVid/train/f{i:02d}.png /SegNet/CamVid/trainannot/f{i:02d}.png")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    # 40 images, 8 held out, 32 // 4 = 8 steps an epoch -> 90 epochs
+    assert SearchConfig(**seg, data=str(root), batch_size=4).epochs == 90
+    # at batch 16 a batch is held out: 24 // 16 = 1 step an epoch
+    assert SearchConfig(**seg, data=str(root)).epochs == 720
+    if REAL_CAMVID.is_dir():   # 367 images, 73 held out, 294 // 16 = 18 steps an epoch
+        assert SearchConfig(**seg, data=str(REAL_CAMVID)).epochs == 40
+    with pytest.raises(NasError, match=str(tmp_path / "nowhere")):
+        SearchConfig(**seg, data=str(tmp_path / "nowhere"))

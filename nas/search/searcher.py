@@ -94,10 +94,13 @@ class SearchConfig:
     input_size: tuple[int, int] | None = None
     num_joints: int | None = None       # default: the space's
     data: str | None = None
-    # 10 (5 of warm-up): on the pose ground truth the default's pick sat at the 85th percentile
-    # of its window for each of 3 seeds at 10 epochs, 74th on average at 40
-    # (results/benchmarks/search_quality.md): a supernet trained longer ranks worse
-    epochs: int = 10
+    # default: the task's (Task.search_epochs), half of them warm-up. Pose: 10; on the pose
+    # ground truth the default's pick sat at the 85th percentile of its window for each of 3
+    # seeds at 10 epochs, 74th on average at 40 (results/benchmarks/search_quality.md): a
+    # supernet trained longer ranks worse. Seg: enough epochs for 720 weight steps, at least 10
+    # (40 on CamVid), where the supernet's ranking settles
+    # (results/benchmarks/seg_proxy_stability.md)
+    epochs: int | None = None
     warmup_epochs: int | None = None    # default: half of the epochs (FNA, DenseNAS)
     batch_size: int = 16
     # architecture steps on half batches by default: a path-mode architecture step runs two
@@ -226,8 +229,14 @@ class SearchConfig:
                 and self.budget_ms > 0):
             raise NasError(f"budget_ms {self.budget_ms!r}: expected a positive, finite number "
                            "of milliseconds")
-        for name in ("epochs", "batch_size", "train_samples", "rank_images", "rank_bn_batches"):
+        for name in ("batch_size", "train_samples", "rank_images", "rank_bn_batches"):
             check_int(name, getattr(self, name))
+        check_float("arch_split", self.arch_split, positive=True, below=1)
+        if self.epochs is None:
+            self.epochs = get_task(self.task).search_epochs(
+                self.data, batch_size=self.batch_size, arch_split=self.arch_split,
+                train_samples=self.train_samples)
+        check_int("epochs", self.epochs)
         check_int("rank_samples", self.rank_samples, minimum=0)
         from nas.search.rank import DRAWS
 
@@ -248,7 +257,6 @@ class SearchConfig:
         for name in ("weight_decay", "arch_weight_decay"):
             check_float(name, getattr(self, name), non_negative=True)
         check_float("drop_path", self.drop_path, non_negative=True, below=1)
-        check_float("arch_split", self.arch_split, positive=True, below=1)
         if self.warmup_epochs is None:
             self.warmup_epochs = self.epochs // 2
         if self.arch_batch_size is None:
