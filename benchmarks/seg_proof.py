@@ -128,8 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--input", type=input_size, metavar="HxW",
                     help="network input, for every model and the table (default: CamVid's "
                          "176x240; smaller for smoke runs)")
-    # 60 epochs at batch 8: 2760 steps on CamVid's 367 training images; at one thread on this
-    # 2-core machine 1 to 1.7 h per model (mobilenetv2-lraspp ~100 s an epoch), ~9 h for 7
+    # 60 epochs at batch 8: 2760 steps on CamVid's 367 training images; at one thread, two
+    # models at once on a 2-core machine: 1 to 1.7 h per model on the family-23 AMD EPYC
+    # (mobilenetv2-lraspp ~100 s an epoch), ~25 min on the family-25 one (~25 s an epoch)
     ap.add_argument("--epochs", type=int, default=60,
                     help="retraining epochs, the same for every model (default %(default)s)")
     ap.add_argument("--search-epochs", type=int,

@@ -98,8 +98,8 @@ class SearchConfig:
     # ground truth the default's pick sat at the 85th percentile of its window for each of 3
     # seeds at 10 epochs, 74th on average at 40 (results/benchmarks/search_quality.md): a
     # supernet trained longer ranks worse. Seg: enough epochs for 720 weight steps, at least 10
-    # (40 on CamVid), where the supernet's ranking settles
-    # (results/benchmarks/seg_proxy_stability.md)
+    # (40 on CamVid): a CamVid supernet's ranking still moves before that
+    # (nas.tasks.seg.task.SEARCH_WEIGHT_STEPS)
     epochs: int | None = None
     warmup_epochs: int | None = None    # default: half of the epochs (FNA, DenseNAS)
     batch_size: int = 16
