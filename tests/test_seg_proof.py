@@ -6,6 +6,7 @@ measuring is stood in for: the budget and the search's checks return the table's
 the side-by-side stage times in this process with 2 rounds; nothing waits for a timed child.
 """
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -291,3 +292,24 @@ def test_search_threads_set_the_search_alone(space, capsys):
     with pytest.raises(SystemExit):
         seg_proof.parse_args(["--search-threads", "-1"])
     assert "--search-threads" in capsys.readouterr().err
+
+
+def test_models_at_once_stop_starting_after_one_fails(camvid, space, tmp_path):
+    """``--jobs``: a model that fails (or is stopped) in its process starts no other model; the
+    one running beside it finishes and is kept, and a rerun continues."""
+    from nas.train import TrainConfig
+
+    rng = np.random.default_rng(3)
+    ok = {f"m{i}": TrainConfig(arch=space.sample(rng, f"m{i}").to_dict(), task="seg",
+                               data=str(camvid), epochs=1, batch_size=2, limit=4, threads=1,
+                               workers=0, seed=0)
+          for i in range(3)}
+    broken = TrainConfig(**{**dataclasses.asdict(ok["m0"]), "data": str(tmp_path / "nowhere")})
+    configs = {"bad": broken, "m0": ok["m0"], "m1": ok["m1"], "m2": ok["m2"]}
+    stages = proof.Stages(tmp_path / "run", "test", progress=False)
+    with pytest.raises(NasError, match="nowhere"):
+        stages.train_all(configs, "test", jobs=2)
+    started = sorted(p.name for p in (tmp_path / "run" / "train").iterdir())
+    assert "m1" not in started and "m2" not in started
+    trained, tested = stages.train_all({k: ok[k] for k in ("m0", "m1")}, "test", jobs=2)
+    assert set(tested) == {"m0", "m1"}

@@ -30,7 +30,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -361,11 +361,20 @@ class Stages:
             # parent folder under each other
             (self.workdir / "train").mkdir(parents=True, exist_ok=True)
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=ctx) as pool:
-                futures = [pool.submit(_train_and_evaluate, self.workdir, self.name, key, cfg,
-                                       split) for key, cfg in todo.items()]
-                for f in futures:
-                    f.result()          # a child's Interrupted or NasError surfaces here
+            width = min(jobs, len(todo))
+            waiting, running = list(todo.items()), set()
+            with ProcessPoolExecutor(width, mp_context=ctx) as pool:
+                # never more submitted than run: after Ctrl-C, or a child stopped or failed,
+                # no other model starts (a queued one would, as the pool shuts down); the
+                # running ones stop at their own Ctrl-C, or finish, and are kept
+                while waiting or running:
+                    while waiting and len(running) < width:
+                        key, cfg = waiting.pop(0)
+                        running.add(pool.submit(_train_and_evaluate, self.workdir, self.name,
+                                                key, cfg, split))
+                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        f.result()      # a child's Interrupted or NasError surfaces here
         trained, tested = {}, {}
         for key, cfg in configs.items():
             trained[key] = self.train(key, cfg)
