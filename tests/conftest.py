@@ -1,7 +1,9 @@
 """Shared test settings."""
 
+import importlib.util
 import os
 import tempfile
+from pathlib import Path
 
 import torch
 
@@ -53,3 +55,12 @@ def randomise_batchnorm(model: torch.nn.Module, seed: int) -> None:
                 m.bias.copy_(0.2 * torch.randn(n, generator=g))
                 m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
                 m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+
+
+def benchmark_script(name: str):
+    """``benchmarks/<name>.py`` imported as a module (the scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

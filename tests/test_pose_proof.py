@@ -4,24 +4,18 @@ The proof itself (LSP, 30 epochs) is a benchmark; seg_proof's tests run the shar
 end.
 """
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import benchmark_script
 
 import nas.bench.proof as proof
 from supernets.errors import NasError
 from supernets.named import load_arch
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _script():
-    spec = importlib.util.spec_from_file_location("pose_proof_script",
-                                                  REPO / "benchmarks" / "pose_proof.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("pose_proof")
 
 
 pose_proof = _script()

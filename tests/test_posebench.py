@@ -2,7 +2,6 @@
 ``TrainingDiverged``), its rank statistics, its networks and files, and a one-network smoke run of
 ``benchmarks/posebench.py``. Nothing here writes outside ``tmp_path``."""
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -14,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import benchmark_script
 
 from nas.bench import posebench as pb
 from nas.bench.stats import rank_agreement, top_overlap
@@ -465,10 +465,7 @@ def test_another_run_s_checkpoint_is_not_resumed(tmp_path, capsys):
 
 # -- benchmarks/posebench.py ---------------------------------------------------------------------
 def _script():
-    spec = importlib.util.spec_from_file_location("posebench_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("posebench")
 
 
 @needs_lsp

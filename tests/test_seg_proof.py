@@ -7,13 +7,12 @@ the side-by-side stage times in this process with 2 rounds; nothing waits for a 
 """
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import macs_table, stand_in_probe
+from conftest import benchmark_script, macs_table, stand_in_probe
 from PIL import Image
 
 import lut
@@ -24,19 +23,11 @@ from supernets.errors import NasError
 from supernets.named import load_arch
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "seg_proof.py"
 INPUT = (32, 48)
 SPLITS = {"train": 10, "val": 3, "test": 3}
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("seg_proof_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-seg_proof = _script()
+seg_proof = benchmark_script("seg_proof")
 
 
 def _png(path: Path, array: np.ndarray) -> None:

@@ -4,27 +4,18 @@ reliability and stability tables, resume from its scores, and one-line refusals.
 Kept short: 40x56 images at a 32x48 input, a 2-epoch supernet on 12 images at batch 4, 4
 networks scored at epochs 1 and 2; the latency table is synthetic (MACs)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import macs_table
+from conftest import benchmark_script, macs_table
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "seg_proxy_stability.py"
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("seg_proxy_stability_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _script()
+bench = benchmark_script("seg_proxy_stability")
 
 
 @pytest.fixture(scope="module")
