@@ -78,6 +78,7 @@ from nas.bench.proof import (
     WINDOW,
     Stages,
     add_search_threads,
+    check_camvid,
     check_positive,
     compare,
     derivation_only,
@@ -91,7 +92,7 @@ from nas.bench.proof import (
     verdict_lines,
 )
 from nas.search import SearchConfig
-from nas.tasks.seg import dataset_kind, open_seg_dataset
+from nas.tasks.seg import open_seg_dataset
 from nas.tasks.seg.score import FLOPS_REFERENCE, flops_latency_ms, latency_weight, score
 from nas.train import TrainConfig
 from supernets.errors import NasError
@@ -182,13 +183,7 @@ def check_data(data: str) -> dict:
     """Images per split and the size (HxW) of the first test image; one line naming the path
     when ``data`` is no CamVid folder or misses a split's list or files. Checked before anything
     is measured or written."""
-    try:
-        kind = dataset_kind(data)
-    except NasError as e:
-        raise NasError(f"--data {e}") from None
-    if kind != "camvid":
-        raise NasError(f"--data {data}: a {kind} folder; this proof is on CamVid (SegNet's "
-                       "layout: train.txt, trainannot/, ...)")
+    check_camvid(data, "this proof")
     records = {split: open_seg_dataset(data, split)[0] for split in ("train", "val", "test")}
     if not records["test"]:
         raise NasError(f"--data {data}: test.txt lists no images")

@@ -37,7 +37,7 @@ import numpy as np
 
 import lut as lutlib
 from nas.argtypes import input_size
-from nas.bench.proof import check_positive, machine, run_main
+from nas.bench.proof import check_camvid, check_positive, machine, run_main
 from nas.search import SearchConfig
 from nas.search.oneshot import (
     OneShotConfig,
@@ -48,7 +48,6 @@ from nas.search.oneshot import (
     train_oneshot,
 )
 from nas.search.window import WindowSampler
-from nas.tasks.seg import dataset_kind
 from supernets.errors import NasError
 from supernets.fileio import write_atomic
 from supernets.space import get_space
@@ -152,13 +151,7 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     if args.limit and Path(args.out).resolve() == (REPO / DEFAULT_OUT).resolve():
         raise NasError(f"--limit {args.limit}: a smoke run cannot write {DEFAULT_OUT}; give --out")
-    try:
-        kind = dataset_kind(args.data)
-    except NasError as e:
-        raise NasError(f"--data {e}") from None
-    if kind != "camvid":
-        raise NasError(f"--data {args.data}: a {kind} folder; this benchmark is on CamVid "
-                       "(SegNet's layout: train.txt, trainannot/, ...)")
+    check_camvid(args.data, "this benchmark")
     space = get_space(args.space, preset=PRESET, input_size=args.input)
     sk = space.skeleton
     lut_path = Path(args.lut) if args.lut else lutlib.default_table_path(space, "cpu",

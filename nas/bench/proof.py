@@ -176,6 +176,20 @@ def cuda_graphs(table: lutlib.LatencyTable) -> bool:
     return bool(table.meta.get("timing", {}).get("cuda_graphs"))
 
 
+def check_camvid(data: str, what: str) -> None:
+    """One line naming ``--data`` when it is no CamVid folder (SegNet's layout); ``what``
+    names the caller ("this proof")."""
+    from nas.tasks.seg import dataset_kind
+
+    try:
+        kind = dataset_kind(data)
+    except NasError as e:
+        raise NasError(f"--data {e}") from None
+    if kind != "camvid":
+        raise NasError(f"--data {data}: a {kind} folder; {what} is on CamVid (SegNet's "
+                       "layout: train.txt, trainannot/, ...)")
+
+
 def predicted_latency(predictor: lutlib.LatencyPredictor, spec: ArchSpec) -> float | None:
     """None for a network whose layers the table does not have (a baseline's wider stages)."""
     try:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from nas.bench import posebench as pb
+from nas.search.blackbox import choices_key
 from supernets.errors import NasError
 from supernets.fileio import write_atomic
 from supernets.spec import ArchSpec
@@ -195,7 +196,7 @@ def rerank_from(base: Path, out: Path, cfg) -> None:
 def pick_key(key: str, spec: ArchSpec) -> str:
     """The name a search's pick trains under: its search and its choices (a search run again
     that picks another network does not take the earlier pick's result)."""
-    digest = hashlib.sha1(_choices_key(spec.choices).encode()).hexdigest()[:8]
+    digest = hashlib.sha1(choices_key(spec.choices).encode()).hexdigest()[:8]
     return f"pick-{key}-{digest}"
 
 
@@ -203,10 +204,6 @@ def percentile(value: float, population: list[float]) -> float:
     """Share of ``population`` below ``value`` (ties count half), in percent."""
     pop = np.asarray(population, dtype=float)
     return float(100.0 * ((pop < value).sum() + 0.5 * (pop == value).sum()) / len(pop))
-
-
-def _choices_key(choices: dict) -> str:
-    return json.dumps(dict(sorted(choices.items())), separators=(",", ":"))
 
 
 def supernet_fidelity(folder: Path, bench: pb.BenchSettings, inside, cache: Path,
@@ -270,15 +267,15 @@ def score(q: QualitySettings, bench: pb.BenchSettings, reports: dict[str, dict],
     low, high = bench.window_ms
     inside = table[(table["status"] == "complete")
                    & table["predicted_ms_proof_table"].between(low, high)]
-    by_choices = {_choices_key(json.loads(a)["choices"]): (k, p)
+    by_choices = {choices_key(json.loads(a)["choices"]): (k, p)
                   for k, a, p in zip(inside["key"], inside["arch"], inside["pck"], strict=True)}
     # picks trained before, by their choices: a pick is trained once whichever search chose it
     results = pb.load_results(out, bench)
-    trained = {_choices_key(r["arch"]["choices"]): k for k, r in results.items()}
+    trained = {choices_key(r["arch"]["choices"]): k for k, r in results.items()}
     picks, todo = {}, []
     for key, r in reports.items():
         spec = ArchSpec.from_dict(r["arch"], where=f"{key}/report.json")
-        choices = _choices_key(spec.choices)
+        choices = choices_key(spec.choices)
         found = by_choices.get(choices)
         picks[key] = {"spec": spec, "in_table": found[0] if found else None,
                       "pck": found[1] if found else None,

@@ -42,6 +42,7 @@ import math
 import re
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,7 @@ from supernets.space import SearchSpace
 from supernets.spec import ArchSpec
 
 __all__ = ["BLACKBOX", "OBJECTIVES", "OBJECTIVE_ALIASES", "STATE_FORMAT", "STRATEGIES", "Study",
-           "Window", "choice_key", "open_storage", "plot_study", "space_signature",
+           "Window", "choice_key", "choices_key", "open_storage", "plot_study", "space_signature",
            "write_front_csv", "write_trials_csv"]
 
 STRATEGIES = ("differentiable", "optuna", "random")
@@ -397,8 +398,13 @@ class Study:
                 "score_seconds": float(sum(r["seconds"] or 0.0 for r in rows if r["evaluated"]))}
 
 
+def choices_key(choices: Mapping[str, str]) -> str:
+    """A network's choices as one canonical string (layer order does not matter)."""
+    return json.dumps(dict(sorted(choices.items())), separators=(",", ":"))
+
+
 def choice_key(spec: ArchSpec) -> str:
-    return json.dumps(dict(sorted(spec.choices.items())), separators=(",", ":"))
+    return choices_key(spec.choices)
 
 
 def write_trials_csv(path: Path, rows: list[dict]) -> None:

@@ -138,9 +138,10 @@ def evolve(space: SearchSpace, probs: Mapping[str, torch.Tensor], predictor,
     out, seen = [first], {choice_key(first["spec"])}
 
     def add(spec: ArchSpec, source: str) -> bool:
-        if choice_key(spec) in seen:
+        key = choice_key(spec)
+        if key in seen:
             return False
-        seen.add(choice_key(spec))
+        seen.add(key)
         out.append({"spec": spec, "predicted_ms": predictor.latency(spec), "source": source,
                     "proxy_loss": evaluate(spec)})
         return True
