@@ -50,7 +50,7 @@ from nas.search.oneshot import (
 from nas.search.window import WindowSampler
 from supernets.errors import NasError
 from supernets.fileio import write_atomic
-from supernets.space import get_space
+from supernets.space import get_space, space_names
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "seg_proxy_stability"
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA),
                     help="CamVid folder, SegNet's layout (default %(default)s)")
-    ap.add_argument("--space", default="seg-a", choices=("seg-a", "seg-small"))
+    ap.add_argument("--space", default="seg-a", choices=space_names("seg"))
     ap.add_argument("--input", type=input_size, metavar="HxW",
                     help="network input (default: CamVid's 176x240)")
     ap.add_argument("--epochs", type=int, default=60, help="supernet epochs (default 60)")

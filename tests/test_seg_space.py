@@ -16,7 +16,8 @@ from supernets.errors import NasError
 from supernets.flops import complexity, op_macs
 from supernets.model import PoseNet
 from supernets.ops import HEAD_OPS, build_op, op_kind, parse_seg_head, seg_head_name
-from supernets.space import SearchSpace, get_space, seg_heads
+from supernets.named import load_arch
+from supernets.space import SearchSpace, get_space, seg_heads, space_names
 from supernets.spec import ArchSpec, Skeleton, Stage
 from supernets.supernet import SuperNet
 
@@ -61,6 +62,22 @@ def test_the_seg_space_offers_42_heads_fed_by_the_stage_at_twice_the_resolution(
     assert get_space("seg-small", preset="cityscapes").skeleton.num_classes == 19
     with pytest.raises(NasError, match="unknown preset 'lsp' for space seg-small"):
         get_space("seg-small", preset="lsp")
+
+
+def test_seg_mbv2_contains_the_segmentation_baseline_and_seg_a_does_not():
+    baseline = load_arch("mobilenetv2-lraspp")
+    space = get_space("seg-mbv2", preset="camvid")
+    space.check(baseline)
+    assert [(s.width, s.layers) for s in space.skeleton.stages] == \
+        [(24, 2), (32, 3), (64, 4), (96, 3), (160, 3), (320, 1)]
+    layers = space.choice_layers()
+    # six first blocks change width or stride (no skip), ten may be skipped; 56 heads
+    assert sorted(len(layer.candidates) for layer in layers[:-1]) == [6] * 6 + [7] * 10
+    assert len(layers[-1].candidates) == 56 and layers[-1].low_chs == 32
+    with pytest.raises(NasError, match="skeleton of space 'seg-a'"):
+        get_space("seg-a", preset="camvid").check(baseline)
+    assert set(space_names("seg")) == {"seg-small", "seg-a", "seg-mbv2"}
+    assert "seg-mbv2" not in space_names("pose")
 
 
 def test_seg_spec_round_trips_through_json_and_bad_fields_name_themselves(tmp_path):
