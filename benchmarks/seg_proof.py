@@ -391,8 +391,8 @@ def _score_lines(rows: list[dict]) -> list[str]:
 def render_markdown(report: dict) -> str:
     device = report["settings"].get("device", "cpu")
     where = "this CPU" if device == "cpu" else f"this machine's {device}"
-    lines = [f"# Proof: searched network vs {BASELINE} vs random networks (CamVid, {where})",
-             ""]
+    lines = [f"# Proof: searched network vs {BASELINE} vs random networks (CamVid, "
+             f"space {report['settings']['space']}, {where})", ""]
     if report["settings"]["limit"]:
         lines += [(f"**Smoke run (--limit {report['settings']['limit']}): the numbers below "
                    "say nothing about the method.**"), ""]
