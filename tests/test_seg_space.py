@@ -15,8 +15,8 @@ from lut.table import COLUMNS
 from supernets.errors import NasError
 from supernets.flops import complexity, op_macs
 from supernets.model import PoseNet
-from supernets.ops import HEAD_OPS, build_op, op_kind, parse_seg_head, seg_head_name
 from supernets.named import load_arch
+from supernets.ops import HEAD_OPS, build_op, op_kind, parse_seg_head, seg_head_name
 from supernets.space import SearchSpace, get_space, seg_heads, space_names
 from supernets.spec import ArchSpec, Skeleton, Stage
 from supernets.supernet import SuperNet
