@@ -153,9 +153,9 @@ def test_reinforce_paths_follow_the_probabilities_and_log_prob_is_their_sum(spac
     expected = expected / expected.sum() * len(paths)
     assert stats.chisquare(counts, expected).pvalue > 0.001
     lp = arch.log_prob(paths[0])
-    manual = sum(float(a.log_softmax(-1)[paths[0][lb]]) for lb, a in zip(arch.labels,
-                                                                          arch.alphas))
-    assert float(lp) == pytest.approx(manual)
+    manual = sum(a.detach().log_softmax(-1)[paths[0][lb]].item()
+                 for lb, a in zip(arch.labels, arch.alphas))
+    assert lp.item() == pytest.approx(manual)
 
 
 def test_reinforce_step_raises_the_probability_of_the_lower_loss_candidate(space, monkeypatch):
