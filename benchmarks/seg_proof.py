@@ -22,7 +22,11 @@ missing, as ``nas lut build --space seg-mbv2`` builds it; or ``--lut``):
    drawn with a seeded generator, are retrained likewise;
 4. every model's last epoch is scored on CamVid's test split (mIoU, per-class IoU, pixel
    accuracy), and all are measured side by side (interleaved rounds, one fresh process) at
-   batch 1 and at batch 16 (per image).
+   batch 1 and at batch 16 (per image);
+5. the search's proxy against retraining: each model that is a network of the space scored by
+   the search's final supernet as its ranking scores candidates (held-out loss and mIoU),
+   beside its test mIoU, with the Kendall tau between the two; and, when the baseline is in the
+   space, the baseline and the searched network with their heads swapped.
 
 Score = mIoU x W(T), W(T) = max(0, 1 - max(0, T - 3 ms) / 7 ms) (``nas.tasks.seg.score``), with T
 measured at batch 1 and per image at batch 16, and beside them the FLOPs-proportional T
@@ -38,7 +42,8 @@ best random network. The recipe is the same for every model and is not tuned per
         [--workdir runs/seg_proof] [--out results/benchmarks/seg_proof.md]
 
 Resume: every stage writes its output into ``--workdir`` (``budget.json``, ``search/report.json``,
-``randoms.json``, ``train/<model>/metrics.json`` and ``test.json``, ``latency.json``) and is
+``randoms.json``, ``train/<model>/metrics.json`` and ``test.json``, ``latency.json``,
+``proxy.json``) and is
 skipped when that output exists; a stage killed half-way (the table build, a search or a
 training run) continues where it stopped. So after Ctrl-C or a crash, the same command continues.
 ``settings.json`` pins the settings a workdir was started with; a different setting is refused
@@ -87,12 +92,14 @@ from nas.bench.proof import (
     derivation_only,
     machine,
     predicted_latency,
+    read_json,
     recipe_of,
     run_main,
     search_option,
     search_seconds,
     search_threads,
     verdict_lines,
+    write_json,
 )
 from nas.search import SearchConfig
 from nas.tasks.seg import open_seg_dataset
@@ -266,6 +273,86 @@ def score_of(miou: float, t_ms: float) -> dict:
     return {"t_ms": t_ms, "w": latency_weight(t_ms), "score": score(miou, t_ms)}
 
 
+def stage_proxy(stages: Stages, space: SearchSpace, models: dict[str, ArchSpec]) -> dict:
+    """Stage 6: every model that is a network of the space scored by the search's final supernet
+    as its ranking scores candidates (``nas.search.oneshot.PathScorer``: BatchNorm recomputed on
+    the search's number of weight-part batches, held-out loss and mIoU on its number of
+    architecture-split images; a fresh draw of both), to set beside the test mIoU retraining
+    gives; and, when the baseline is a network of the space with another head than the searched
+    one, both with their heads swapped: does the proxy rank networks or their heads?"""
+    path = stages.workdir / "proxy.json"
+    if path.exists():
+        return read_json(path)
+    import torch
+
+    from nas.search.oneshot import OneShotConfig, PathScorer
+    from nas.search.searcher import load_checkpoint
+    from supernets.supernet import SuperNet
+
+    state = load_checkpoint(stages.workdir / "search" / "checkpoint.pt")
+    c = state["config"]
+    cfg = OneShotConfig(space=c["space"], preset=None, data=c["data"],
+                        batch_size=c["batch_size"], arch_split=c["arch_split"],
+                        train_samples=c["train_samples"], limit=c.get("limit"), seed=c["seed"],
+                        input_size=tuple(c["input_size"]), num_joints=c["num_joints"],
+                        device=c.get("device"))
+    supernet = SuperNet(cfg.space_obj()).to(cfg.torch_device, memory_format=torch.channels_last)
+    supernet.load_state_dict(state["supernet"])
+    supernet.eval()
+    scorer = PathScorer(supernet, cfg, bn_batches=c["rank_bn_batches"], images=c["rank_images"])
+    stages.log(f"stage 6: scoring the models with the search's supernet "
+               f"({c['rank_images']} held-out images)")
+
+    def in_space(spec: ArchSpec) -> bool:
+        try:
+            space.check(spec)
+        except NasError:
+            return False
+        return True
+
+    scores = {key: scorer.score(spec) if in_space(spec) else None
+              for key, spec in models.items()}
+    swaps = {}
+    base, found = models[BASELINE], models["searched"]
+    if scores[BASELINE] is not None and base.choices["head"] != found.choices["head"]:
+        for what, backbone, head in (("baseline backbone, searched head", base, found),
+                                     ("searched backbone, baseline head", found, base)):
+            spec = space.spec({**backbone.choices, "head": head.choices["head"]}, what)
+            swaps[what] = {"head": head.choices["head"], **scorer.score(spec)}
+    result = {"images": c["rank_images"], "bn_batches": c["rank_bn_batches"],
+              "models": scores, "swaps": swaps}
+    write_json(path, result)
+    return result
+
+
+def proxy_lines(proxy: dict, rows: list[dict]) -> list[str]:
+    """The report's section on the search's proxy (stage 6) against retraining."""
+    from scipy import stats
+
+    scored = [r for r in rows if proxy["models"].get(r["model"]) is not None]
+    lines = ["", "## The search's proxy against retraining", "",
+             (f"Each model that is a network of the space, scored by the search's final supernet "
+              f"as its ranking scores candidates (BatchNorm recomputed on {proxy['bn_batches']} "
+              f"weight-part batches; loss and mIoU on {proxy['images']} held-out images of the "
+              "architecture split; the ranking picks the lowest loss)."), "",
+             "| model | head | proxy loss | proxy mIoU | test mIoU |", "|---|---|---|---|---|"]
+    for r in sorted(scored, key=lambda r: proxy["models"][r["model"]]["loss"]):
+        p = proxy["models"][r["model"]]
+        lines.append(f"| {r['model']} | `{r['choices_head']}` | {p['loss']:.3f} | "
+                     f"{p['metric']:.2f} | {r['miou']:.2f} |")
+    for what, p in proxy["swaps"].items():
+        lines.append(f"| {what} | `{p['head']}` | {p['loss']:.3f} | {p['metric']:.2f} | - |")
+    outside = [r["model"] for r in rows if proxy["models"].get(r["model"]) is None]
+    if outside:
+        lines += ["", f"Not networks of the space (no proxy): {', '.join(outside)}."]
+    if len(scored) >= 3:
+        tau = stats.kendalltau([-proxy["models"][r["model"]]["loss"] for r in scored],
+                               [r["miou"] for r in scored]).statistic
+        lines += ["", (f"Kendall tau between the proxy's ranking (lowest loss first) and the "
+                       f"test mIoU over these {len(scored)} networks: {tau:.2f}.")]
+    return lines
+
+
 def summarise(models: dict[str, ArchSpec], trained: dict[str, dict], tested: dict[str, dict],
               latency: dict, predicted: dict[str, float | None]) -> tuple[list[dict], dict]:
     rows = []
@@ -275,7 +362,8 @@ def summarise(models: dict[str, ArchSpec], trained: dict[str, dict], tested: dic
         epochs = m["history"]
         miou, gflops = test["mean"], c.flops / 1e9
         t16 = per_batch[key]["median_ms"] / SCORE_BATCH
-        rows.append({"model": key, "arch": spec.name, "miou": miou, "metric": test["metric"],
+        rows.append({"model": key, "arch": spec.name, "choices_head": spec.choices.get("head"),
+                     "miou": miou, "metric": test["metric"],
                      "pixel_accuracy": test["pixel_accuracy"], "per_class": test["per_class"],
                      "test_samples": test["samples"], "val_miou": m["final"]["mean"],
                      "latency_ms": t["median_ms"], "latency_p10_ms": t["p10_ms"],
@@ -408,6 +496,8 @@ def render_markdown(report: dict) -> str:
                f"that scaling {name}'s {gflops} GFLOPs = {ms} ms gives the same network: the "
                "last column is how far that guess is off on this machine."), ""]
     lines += _score_lines(rows)
+    if report.get("proxy"):
+        lines += proxy_lines(report["proxy"], rows)
     lines += ["", "## Verdict", ""] + verdict_lines(
         rows, report["verdict"], key="miou", label="mIoU", baseline=BASELINE, target=MIOU_TARGET)
     lines += ["", f"**Target {'met' if report['verdict']['target_met'] else 'NOT met'}.**", ""]
@@ -450,6 +540,7 @@ def run(args: argparse.Namespace) -> dict:
     trained, tested = stages.train_all({key: train_config(spec, args)
                                         for key, spec in models.items()}, "test", jobs=args.jobs)
     latency = stages.latency(models, table, batches={SCORE_BATCH: SCORE_BATCH_TIMING})
+    proxy = stage_proxy(stages, space, models)
 
     predicted = {key: predicted_latency(predictor, spec) for key, spec in models.items()}
     rows, verdict = summarise(models, trained, tested, latency, predicted)
@@ -473,6 +564,7 @@ def run(args: argparse.Namespace) -> dict:
         "randoms": randoms,
         "latency": {k: v for k, v in latency.items() if k != "choices"},
         "rows": rows,
+        "proxy": proxy,
         "verdict": verdict,
         "compute": {"search_seconds": search_seconds(stages.workdir / "search", search_report),
                     "train_seconds": sum(r["train_seconds"] for r in rows)},

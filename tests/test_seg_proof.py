@@ -153,7 +153,7 @@ def test_proof_end_to_end_then_resumed_then_refused(camvid, lut_path, measured, 
     assert set(report["verdict"]) >= {"miou_gain_over_baseline", "latency_met",
                                       "beats_best_random", "target_met"}
     for name in ("settings.json", "budget.json", "search/report.json", "randoms.json",
-                 "latency.json", *(f"train/{m}/{f}" for m in models
+                 "latency.json", "proxy.json", *(f"train/{m}/{f}" for m in models
                                    for f in ("metrics.json", "test.json"))):
         assert (workdir / name).is_file(), name
     markdown = (workdir / "report.md").read_text()
@@ -166,6 +166,13 @@ def test_proof_end_to_end_then_resumed_then_refused(camvid, lut_path, measured, 
         assert f"{r['miou']:.2f}" in row and f"{r['latency_ms']:.3f}" in row
         assert f"{r['score']['batch1']['score']:.2f}" in row
     assert ("**Target met.**" in markdown) == report["verdict"]["target_met"]
+    # the search's proxy beside retraining: the networks of the space only
+    proxy = report["proxy"]
+    assert proxy["models"]["mobilenetv2-lraspp"] is None and proxy["swaps"] == {}
+    assert all(proxy["models"][m]["loss"] > 0 for m in models[1:])
+    assert "## The search's proxy against retraining" in markdown
+    assert "Not networks of the space (no proxy): mobilenetv2-lraspp." in markdown
+    assert "test mIoU over these 3 networks" in markdown
 
     # and again: every stage's output is reused, nothing trained or measured
     outputs = {p: p.read_bytes() for p in workdir.rglob("*.json") if p.parent != workdir
@@ -186,6 +193,24 @@ def test_proof_end_to_end_then_resumed_then_refused(camvid, lut_path, measured, 
     assert captured.err.count("\n") == 1
     assert captured.err.startswith("seg_proof: error: ") and "settings.json" in captured.err
     assert "epochs=1, not 2" in captured.err
+
+    # a baseline in the space with another head than the searched network: heads swapped too
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "search").symlink_to(workdir / "search")
+    space = seg_proof.get_space("seg-small", preset="camvid", input_size=INPUT)
+    a = space.sample(np.random.default_rng(0), "a")
+    b = space.spec({**a.choices, "head": next(h for h in space.seg_heads
+                                              if h != a.choices["head"])}, "b")
+    b = space.spec({**b.choices, "stage1.block1": "skip"}, "b")
+    result = seg_proof.stage_proxy(proof.Stages(other, "test", progress=False), space,
+                                   {"mobilenetv2-lraspp": a, "searched": b})
+    swaps = result["swaps"]
+    assert list(swaps) == ["baseline backbone, searched head", "searched backbone, baseline head"]
+    assert swaps["baseline backbone, searched head"]["head"] == b.choices["head"]
+    assert {p["loss"] for p in swaps.values()}.isdisjoint(
+        {p["loss"] for p in result["models"].values()})
+    assert (other / "proxy.json").is_file()
 
 
 def test_missing_data_is_one_line_naming_the_path(lut_path, tmp_path, capsys):
