@@ -189,7 +189,7 @@ def test_reinforce_step_raises_the_probability_of_the_lower_loss_candidate(space
     batch = {"image": torch.zeros(2, 3, 4, 4), "target": None, "target_weight": None}
     for _ in range(40):
         searcher._reinforce_step(batch)
-    probs = searcher.arch.probs()
+    probs = {lb: p.detach() for lb, p in searcher.arch.probs().items()}
     assert int(probs[first].argmax()) == 0 and float(probs[first][0]) > 0.5
     others = [float(probs[lb].max()) for lb in searcher.arch.labels[1:]]
     assert max(others) < float(probs[first][0])
