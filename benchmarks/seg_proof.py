@@ -283,23 +283,13 @@ def stage_proxy(stages: Stages, space: SearchSpace, models: dict[str, ArchSpec])
     path = stages.workdir / "proxy.json"
     if path.exists():
         return read_json(path)
-    import torch
-
-    from nas.search.oneshot import OneShotConfig, PathScorer
+    from nas.search.oneshot import PathScorer
     from nas.search.searcher import load_checkpoint
-    from supernets.supernet import SuperNet
 
     state = load_checkpoint(stages.workdir / "search" / "checkpoint.pt")
     c = state["config"]
-    cfg = OneShotConfig(space=c["space"], preset=None, data=c["data"],
-                        batch_size=c["batch_size"], arch_split=c["arch_split"],
-                        train_samples=c["train_samples"], limit=c.get("limit"), seed=c["seed"],
-                        input_size=tuple(c["input_size"]), num_joints=c["num_joints"],
-                        device=c.get("device"))
-    supernet = SuperNet(cfg.space_obj()).to(cfg.torch_device, memory_format=torch.channels_last)
-    supernet.load_state_dict(state["supernet"])
-    supernet.eval()
-    scorer = PathScorer(supernet, cfg, bn_batches=c["rank_bn_batches"], images=c["rank_images"])
+    scorer = PathScorer.from_search(state, bn_batches=c["rank_bn_batches"],
+                                    images=c["rank_images"])
     stages.log(f"stage 6: scoring the models with the search's supernet "
                f"({c['rank_images']} held-out images)")
 

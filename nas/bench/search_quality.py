@@ -217,12 +217,10 @@ def supernet_fidelity(folder: Path, bench: pb.BenchSettings, inside, cache: Path
     checkpoint or, unless ``compute``, when it is not in the cache."""
     import hashlib
 
-    import torch
     from scipy.stats import kendalltau
 
-    from nas.search.oneshot import OneShotConfig, PathScorer
-    from nas.search.searcher import SearchConfig, load_checkpoint
-    from supernets.supernet import SuperNet
+    from nas.search.oneshot import PathScorer
+    from nas.search.searcher import load_checkpoint
 
     ckpt = folder / "checkpoint.pt"
     if not ckpt.is_file():
@@ -238,20 +236,13 @@ def supernet_fidelity(folder: Path, bench: pb.BenchSettings, inside, cache: Path
     if not compute:
         return None
     log(f"scoring the {len(inside)} networks of the window with {ckpt}'s supernet")
-    scfg = SearchConfig(**state["config"])
-    cfg = OneShotConfig(space=scfg.space, preset=bench.preset, data=scfg.data, rule="uniform",
-                        epochs=1, seed=scfg.seed, batch_size=scfg.batch_size,
-                        arch_split=scfg.arch_split, train_samples=scfg.train_samples,
-                        input_size=scfg.input_size, threads=scfg.threads)
-    supernet = SuperNet(cfg.space_obj()).to(memory_format=torch.channels_last)
-    supernet.load_state_dict(state["supernet"])
-    scorer = PathScorer(supernet, cfg)
+    scorer = PathScorer.from_search(state, preset=bench.preset)
     losses = {k: scorer.score(ArchSpec.from_dict(json.loads(a)))["loss"]
               for k, a in zip(inside["key"], inside["arch"], strict=True)}
     pck = dict(zip(inside["key"], inside["pck"], strict=True))
     keys = list(losses)
     best = min(keys, key=losses.get)
-    result = {"checkpoint": str(ckpt), "epochs": scfg.epochs, "losses": losses,
+    result = {"checkpoint": str(ckpt), "epochs": state["config"]["epochs"], "losses": losses,
               "kendall_tau": float(kendalltau([-losses[k] for k in keys],
                                               [pck[k] for k in keys])[0]),
               "best": best, "best_percentile": percentile(pck[best], list(pck.values()))}

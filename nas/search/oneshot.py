@@ -362,6 +362,24 @@ class PathScorer:
                                      augment=False, limit=cfg.limit)
         self.held_out = torch.utils.data.Subset(plain, sorted(arch_idx)[:images])
 
+    @classmethod
+    def from_search(cls, state: dict, *, preset: str | None = None, bn_batches: int = 8,
+                    images: int = 200) -> PathScorer:
+        """A finished differentiable search's final supernet as a scorer on the search's own
+        data split; ``state`` is its checkpoint as ``nas.search.searcher.load_checkpoint`` reads
+        it, ``preset`` the dataset preset of a search that set no input size of its own."""
+        c = state["config"]
+        cfg = OneShotConfig(space=c["space"], preset=preset, data=c["data"], rule="uniform",
+                            epochs=1, seed=c["seed"], batch_size=c["batch_size"],
+                            arch_split=c["arch_split"], train_samples=c["train_samples"],
+                            limit=c.get("limit"), input_size=c.get("input_size"),
+                            num_joints=c.get("num_joints"), threads=c.get("threads"),
+                            device=c.get("device"))
+        supernet = SuperNet(cfg.space_obj()).to(cfg.torch_device,
+                                                memory_format=torch.channels_last)
+        supernet.load_state_dict(state["supernet"])
+        return cls(supernet, cfg, bn_batches=bn_batches, images=images)
+
     @torch.no_grad()
     def model(self, spec: ArchSpec) -> torch.nn.Module:
         """``spec``'s standalone network with the supernet's weights and its own BatchNorm
