@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nas.tasks.pose.transforms import IMAGENET_MEAN, IMAGENET_STD
+from nas.tasks.images import IMAGENET_MEAN, IMAGENET_STD
 from nas.tasks.seg import (
     CAMVID,
     CITYSCAPES,

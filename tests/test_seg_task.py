@@ -291,3 +291,19 @@ def test_search_epochs_default_is_the_tasks(tmp_path):
         assert SearchConfig(**seg, data=str(REAL_CAMVID)).epochs == 40
     with pytest.raises(NasError, match=str(tmp_path / "nowhere")):
         SearchConfig(**seg, data=str(tmp_path / "nowhere"))
+
+
+def test_segmentation_imports_neither_the_pose_readers_nor_pycocotools():
+    # a seg search or training must run where pycocotools (the COCO keypoints reader's
+    # library) is missing; the readers share only nas.tasks.images
+    import subprocess
+    import sys
+    code = ("import sys, nas.cli, nas.search.searcher, nas.train, nas.tasks.seg.data, "
+            "nas.tasks.seg.synthetic, nas.tasks.seg.task\n"
+            "from nas.tasks import get_task\n"
+            "get_task('seg')\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('pycocotools', "
+            "'nas.tasks.pose'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"

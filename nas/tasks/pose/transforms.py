@@ -17,14 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from nas.tasks.images import IMAGENET_MEAN, IMAGENET_STD, normalize_image
+
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "Augmentation", "apply_affine", "crop_affine",
     "gaussian_heatmaps", "heatmap_to_input", "input_to_heatmap", "invert_affine",
     "normalize_image", "person_box", "warp_image",
 ]
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def _homogeneous(affine: np.ndarray) -> np.ndarray:
@@ -92,12 +92,6 @@ def warp_image(image: Image.Image, affine: np.ndarray, output_size: tuple[int, i
     crop = image.transform((out_w, out_h), Image.Transform.AFFINE, data,
                            resample=Image.Resampling.BILINEAR)
     return np.asarray(crop)
-
-
-def normalize_image(pixels: np.ndarray) -> np.ndarray:
-    """(h, w, 3) uint8 -> (3, h, w) float32 with ImageNet mean and std."""
-    x = pixels.astype(np.float32) / 255.0
-    return ((x - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
 
 
 def input_to_heatmap(points: np.ndarray, input_size: tuple[int, int],

@@ -44,7 +44,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 # ImageNet normalisation is the same for every task; it lives with pose, the first task.
-from nas.tasks.pose.transforms import normalize_image
+from nas.tasks.images import normalize_image
 from supernets.errors import NasError
 
 __all__ = [

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nas.tasks.pose.transforms import normalize_image
+from nas.tasks.images import normalize_image
 from nas.tasks.seg.data import DatasetSpec
 from supernets.errors import NasError
 
