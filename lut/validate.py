@@ -12,6 +12,10 @@ predictions with the measurements:
                   method the table chose, so the choice can be checked)
     flops         latency proportional to MACs, scaled from one reference network measured in
                   the same rounds (what one does without a table)
+    table_probed  the table's prediction times the speed probe's ratio taken just before (only
+                  when a probe ran): what ``nas search`` predicts before its own measurements,
+                  since it corrects the table by the probe (a GPU host's eager timings drift by
+                  a few percent between the build and the validation; the probe sees that)
 
 For each: median and p90 of |predicted - measured| / measured, the share within 10%, and Kendall's
 tau between predicted and measured. A CSV (one line per network) and a scatter plot (PNG) are
@@ -39,9 +43,10 @@ from supernets.fileio import check_writable_dir, write_atomic
 from supernets.flops import complexity
 from supernets.spec import ArchSpec
 
-__all__ = ["METHODS", "ValidationReport", "error_metrics", "validate_table"]
+__all__ = ["METHODS", "PROBED", "ValidationReport", "error_metrics", "validate_table"]
 
 METHODS = ("table", "table_raw", "table_affine", "flops")
+PROBED = "table_probed"
 
 
 def error_metrics(predicted, measured) -> dict:
@@ -171,9 +176,13 @@ def validate_table(table: LatencyTable, *, samples: int = 30, seed: int = 1,
         "flops_ms": [ref_t.median_ms * m / ref_macs for m in macs],
         "choices": [json.dumps(dict(s.choices)) for s in specs],
     })
-    for method in METHODS:
+    methods = METHODS
+    if probe and probe.get("ratio"):
+        df[f"{PROBED}_ms"] = df["table_ms"] * float(probe["ratio"])
+        methods = (*METHODS, PROBED)
+    for method in methods:
         df[f"{method}_rel_error"] = (df[f"{method}_ms"] - df["measured_ms"]) / df["measured_ms"]
-    metrics = {m: error_metrics(df[f"{m}_ms"], df["measured_ms"]) for m in METHODS}
+    metrics = {m: error_metrics(df[f"{m}_ms"], df["measured_ms"]) for m in methods}
     ref = {"name": reference.name, "macs": ref_macs, "measured_ms": ref_t.median_ms,
            "choices": dict(reference.choices)}
     settings = {"table": str(table.path), "device": table.device,

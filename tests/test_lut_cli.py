@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
 import nas.commands.lut as lut_command
@@ -54,7 +56,10 @@ def test_validate_json_and_files(table_path, capsys):
                                   "--rounds", "2", "--quiet", "--json", "--allow-foreign-lut"])
     assert code == 0
     data = json.loads(out.out)
-    assert set(data["metrics"]) == {"table", "table_raw", "table_affine", "flops"}
+    # the probe ran, so the table is also scored as a search corrects it: times the probe's ratio
+    assert set(data["metrics"]) == {"table", "table_raw", "table_affine", "flops", "table_probed"}
+    df = pd.read_csv(data["csv"])
+    assert np.allclose(df["table_probed_ms"], df["table_ms"] * data["probe"]["ratio"])
     assert data["calibration_method"] in ("raw", "affine") and "raw" in data["calibration_loo"]
     assert data["probe"]["rounds"] >= 15 and len(data["probe"]["networks"]) == 3
     for m in data["metrics"].values():

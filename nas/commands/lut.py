@@ -29,7 +29,7 @@ from lut.probe import PROBE_TOLERANCE, ProbeResult
 from lut.runtimes import RUNTIMES, Runtime
 from lut.table import LatencyTable
 from lut.timing import TimingConfig
-from lut.validate import preflight, validate_table
+from lut.validate import PROBED, preflight, validate_table
 from nas.argtypes import input_size, non_negative_int, positive_int
 from nas.commands import Result
 from supernets.errors import NasError
@@ -211,14 +211,15 @@ def run_validate(args) -> Result:
                             probe=probe.to_dict() if probe else None, checked=checked)
     m = report.metrics
     cal = table.calibration
-    cols = ("table", "table_raw", "table_affine", "flops")
+    cols = ("table", "table_raw", "table_affine", "flops", *((PROBED,) if PROBED in m else ()))
     lines = [f"{table.path}: {args.samples} random networks (seed {args.seed}) measured end to "
              f"end on {table.device} in {table.runtime.describe()}, clock {table.clock}, "
              f"{table.threads} thread(s)",
              *(_probe_lines(probe) if probe else ["  speed probe: skipped (--allow-foreign-lut)"]),
              f"  calibration chosen at build: {cal.method} (leave-one-out mean error "
              + ", ".join(f"{k} {100 * v:.1f}%" for k, v in cal.loo.items()) + ")",
-             f"  {'':22s}{'table':>10s}{'sum only':>10s}{'affine':>10s}{'FLOPs':>10s}"]
+             f"  {'':22s}{'table':>10s}{'sum only':>10s}{'affine':>10s}{'FLOPs':>10s}"
+             + (f"{'x probe':>10s}" if PROBED in m else "")]
     for label, key, fmt in (("median |rel. error|", "median_abs_rel_error", _pct),
                             ("p90 |rel. error|", "p90_abs_rel_error", _pct),
                             ("within ±10%", "within_10pct", lambda x: f"{100 * x:.0f}%"),
