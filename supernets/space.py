@@ -56,7 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from supernets.errors import NasError
-from supernets.ops import BACKBONE_OPS, HEAD_OPS, seg_head_name
+from supernets.ops import BACKBONE_OPS, HEAD_OPS, parse_seg_head, seg_head_name
 from supernets.spec import ArchSpec, Skeleton, Stage, head_choice
 
 __all__ = ["PRESETS", "SEG_PRESETS", "SPACES", "Candidate", "SearchSpace", "SpaceLayer",
@@ -153,6 +153,19 @@ class SearchSpace:
                         choices={**fixed, **choices}, space=self.name)
         self.check(spec)
         return spec
+
+    def head_families(self) -> tuple[str | None, dict[str, tuple[str, ...]]]:
+        """A segmentation space's head layer and its heads by family (``tc1``, ``tc2``,
+        ``lraspp``, ``aspp``: structurally different heads, which a supernet trained for a few
+        hundred steps ranks by how fast they learn rather than where they end;
+        ``nas.search.rank``); ``(None, {})`` for a pose space, whose head stages are one family."""
+        for layer in self.choice_layers():
+            if layer.kind == "seghead":
+                families: dict[str, list[str]] = {}
+                for name in layer.names:
+                    families.setdefault(parse_seg_head(name)[0], []).append(name)
+                return layer.label, {f: tuple(v) for f, v in families.items()}
+        return None, {}
 
     def check(self, spec: ArchSpec) -> None:
         if spec.skeleton != self.skeleton:

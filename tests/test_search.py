@@ -253,6 +253,7 @@ def test_ranked_network_measuring_over_budget_is_replaced_by_the_next_inside(
     assert [ch["choices"] for ch in report["measure_checks"]] == [a.choices, b.choices]
     assert report["arch"]["choices"] == b.choices and report["measured_ms"] <= budget
     assert report["selected_by"] == "supernet ranking (rank 3 of 3)"
+    assert report["finetune_steps"] == 0 and report["finetune_loss"] is None  # pose: off
 
 
 def test_network_still_over_budget_after_the_checks_fails_with_one_line(

@@ -227,6 +227,15 @@ def test_objective_score_searches_without_a_budget_floor_or_a_lambda_controller(
     # the macs table puts the whole space under 3 ms: full marks, the task term alone moves it
     assert report["predicted_ms"] < 3.0 and report["latency_weight"]["predicted"] == 1.0
     assert json.loads((out / "arch.json").read_text())["task"] == "seg"
+    # seg's default: the shortlist (the best of each head family, at least 4) trained 60 steps
+    # each on its own, first in the order of its loss after them
+    assert report["finetune_steps"] == 60 and report["finetune_seconds"] > 0
+    tuned = [r for r in report["ranking"] if r["finetune_loss"] is not None]
+    assert len(tuned) >= 4 and report["ranking"][:len(tuned)] == tuned
+    assert [r["finetune_loss"] for r in tuned] == sorted(r["finetune_loss"] for r in tuned)
+    families = {r["choices"]["head"].split("_")[1] for r in tuned}
+    assert {"lraspp", "aspp"} <= families
+    assert "own training" in report["selected_by"] and report["finetune_loss"] is not None
 
 
 def test_search_refuses_a_space_of_the_other_task(tmp_path, capsys):

@@ -84,6 +84,13 @@ def register(sub) -> None:
                         "probabilities among the networks of the latency window (default); fit, "
                         "each draw fitted into the window by derivation; evolve, a quarter "
                         "drawn as window, the rest mutations of the best scored so far")
+    p.add_argument("--rank-finetune", type=non_negative_int, metavar="STEPS",
+                   help="then train a shortlist (the best-ranked network of each segmentation "
+                        "head family, then the best others) STEPS steps each on its own from "
+                        "the supernet's weights and take the best by held-out loss after them "
+                        "(default 60 for --task seg, 0 for pose; 0: off)")
+    p.add_argument("--rank-finetune-top", type=positive_int, metavar="K",
+                   help="at least K networks in that shortlist (default 4)")
     g = p.add_argument_group("optuna and random strategies")
     g.add_argument("--trials", type=positive_int,
                    help="networks inside the window scored by the supernet (proxy evaluations, "
@@ -122,12 +129,14 @@ def register(sub) -> None:
 
 _CFG_ARGS = ("task", "space", "data", "epochs", "warmup_epochs", "batch_size", "arch_batch_size",
              "train_samples", "mode", "arch_samples", "lam_control", "lam", "tau", "arch_lr",
-             "rank_samples", "rank_draw", "seed", "device", "runtime", "provider",
+             "rank_samples", "rank_draw", "rank_finetune", "rank_finetune_top", "seed",
+             "device", "runtime", "provider",
              "threads", "strategy", "trials", "objective", "supernet", "supernet_rule",
              "storage", "study", "pareto", "score_images")
 # settings read by one kind of strategy only
 _DIFFERENTIABLE_ONLY = ("warmup_epochs", "arch_batch_size", "mode", "arch_samples",
-                        "lam_control", "lam", "tau", "arch_lr", "rank_samples", "rank_draw")
+                        "lam_control", "lam", "tau", "arch_lr", "rank_samples", "rank_draw",
+                        "rank_finetune", "rank_finetune_top")
 _PROPOSING_ONLY = ("trials", "objective", "supernet", "supernet_rule", "storage", "study",
                    "pareto", "score_images")
 # what a resumed search takes from its checkpoint; --epochs (differentiable) or --trials
@@ -270,7 +279,9 @@ def _text(r: dict) -> str:
     if probe:
         lines.append(f"speed probe  {probe['ratio']:.2f}x the table's stored probe timings")
     if r.get("proxy_loss") is not None:
-        lines.append(f"selected by  {r['selected_by']}, held-out loss {r['proxy_loss']:.3e}")
+        lines.append(f"selected by  {r['selected_by']}, held-out loss {r['proxy_loss']:.3e}"
+                     + (f" ({r['finetune_loss']:.3e} after {r['finetune_steps']} steps of its "
+                        "own)" if r.get("finetune_loss") is not None else ""))
     lines.append(f"MACs {r['macs'] / 1e6:.1f} M, params {r['params'] / 1e6:.3f} M")
     lines.append("choices:")
     lines += [f"  {x['label']:<16} {x['op']:<18} p={x['prob']:.3f}" for x in r["layers"]]

@@ -383,6 +383,9 @@ def _verdict(measured_ms: float | None, budget_ms: float) -> str:
     return "met" if ratio <= 1.0 else "met_within_noise" if ratio <= OVER_BUDGET else "over_budget"
 
 
+OWN = " and the shortlist's own training"   # selected_by, nas.search.rank step 4
+
+
 def _finish(searcher: Searcher, out: Path) -> dict:
     cfg, space, predictor = searcher.cfg, searcher.space, searcher.predictor
     table = predictor.table
@@ -434,14 +437,19 @@ def _finish(searcher: Searcher, out: Path) -> dict:
         "argmax_predicted_ms": d.argmax_latency_ms,
         "changed_from_argmax": changed,
         "in_window": in_window,
-        "selected_by": f"supernet ranking (rank {chosen['rank']} of {len(ranked)})"
+        "selected_by": (f"supernet ranking{OWN if 'finetune_loss' in chosen else ''} "
+                        f"(rank {chosen['rank']} of {len(ranked)})")
         if chosen.get("rank") else "derivation",
         "proxy_loss": chosen.get("proxy_loss"),
+        "finetune_loss": chosen.get("finetune_loss"),
         "ranking": [{"rank": c.get("rank"), "source": c["source"],
                      "predicted_ms": c["predicted_ms"], "proxy_loss": c.get("proxy_loss"),
+                     "finetune_loss": c.get("finetune_loss"),
                      "choices": dict(c["spec"].choices)} for c in ranked]
         if cfg.rank_samples > 0 else None,
         "ranking_seconds": getattr(searcher, "rank_seconds", None),
+        "finetune_steps": cfg.rank_finetune if cfg.rank_samples > 0 else 0,
+        "finetune_seconds": getattr(searcher, "finetune_seconds", None),
         "processes": searcher.world.size,
         "batch_size_per_rank": cfg.batch_size,
         "global_batch_size": cfg.batch_size * searcher.world.size,

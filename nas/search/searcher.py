@@ -141,6 +141,12 @@ class SearchConfig:
     # window's networks; "fit", each draw fitted into the window by derivation (before);
     # "evolve", a quarter so drawn, the rest mutations of the best scored so far
     rank_draw: str = "window"
+    # then a shortlist (the best of each segmentation head family, then the best others, at
+    # least rank_finetune_top) trains rank_finetune steps on its own from the supernet's weights
+    # and goes first in the order of its held-out loss after them (nas.search.rank); None: the
+    # task's default (seg 60, pose 0: off), 0: off
+    rank_finetune: int | None = None
+    rank_finetune_top: int = 4
     rank_images: int = 256              # architecture-split images each candidate is scored on
     rank_bn_batches: int = 8            # weight-split batches to recompute BatchNorm statistics
     temperature: float = 5.0            # gumbel: initial temperature, x decay per epoch (FBNet)
@@ -238,6 +244,10 @@ class SearchConfig:
                 train_samples=self.train_samples)
         check_int("epochs", self.epochs)
         check_int("rank_samples", self.rank_samples, minimum=0)
+        if self.rank_finetune is None:
+            self.rank_finetune = get_task(self.task).rank_finetune_steps
+        check_int("rank_finetune", self.rank_finetune, minimum=0)
+        check_int("rank_finetune_top", self.rank_finetune_top)
         from nas.search.rank import DRAWS
 
         if self.rank_draw not in DRAWS:

@@ -34,6 +34,8 @@ class Task:
     name: str = ""
     description: str = ""
     target_keys: tuple[str, ...] = ()   # the batch entries ``loss`` reads besides the output
+    # steps a search's shortlist trains on its own before the pick (SearchConfig.rank_finetune)
+    rank_finetune_steps: int = 0
 
     def dataset_kind(self, data: str | Path | None) -> str:
         """The dataset ``data`` names, by layout (``synthetic`` when ``None``)."""
