@@ -102,6 +102,7 @@ from nas.bench.proof import (
     write_json,
 )
 from nas.search import SearchConfig
+from nas.tasks import get_task
 from nas.tasks.seg import open_seg_dataset
 from nas.tasks.seg.score import FLOPS_REFERENCE, flops_latency_ms, latency_weight, score
 from nas.train import TrainConfig
@@ -300,17 +301,24 @@ def stage_proxy(stages: Stages, space: SearchSpace, models: dict[str, ArchSpec])
             return False
         return True
 
-    scores = {key: scorer.score(spec) if in_space(spec) else None
-              for key, spec in models.items()}
+    steps = c.get("rank_finetune") or get_task("seg").rank_finetune_steps
+
+    def both(spec: ArchSpec) -> dict:
+        tuned = scorer.score_finetuned(spec, steps, epochs=c["epochs"], images=c["rank_images"],
+                                       lr=c["weight_lr"], weight_decay=c["weight_decay"])
+        return {**scorer.score(spec), "finetune_loss": tuned["loss"],
+                "finetune_seconds": tuned["seconds"]}
+
+    scores = {key: both(spec) if in_space(spec) else None for key, spec in models.items()}
     swaps = {}
     base, found = models[BASELINE], models["searched"]
     if scores[BASELINE] is not None and base.choices["head"] != found.choices["head"]:
         for what, backbone, head in (("baseline backbone, searched head", base, found),
                                      ("searched backbone, baseline head", found, base)):
             spec = space.spec({**backbone.choices, "head": head.choices["head"]}, what)
-            swaps[what] = {"head": head.choices["head"], **scorer.score(spec)}
+            swaps[what] = {"head": head.choices["head"], **both(spec)}
     result = {"images": c["rank_images"], "bn_batches": c["rank_bn_batches"],
-              "models": scores, "swaps": swaps}
+              "finetune_steps": steps, "models": scores, "swaps": swaps}
     write_json(path, result)
     return result
 
@@ -320,26 +328,43 @@ def proxy_lines(proxy: dict, rows: list[dict]) -> list[str]:
     from scipy import stats
 
     scored = [r for r in rows if proxy["models"].get(r["model"]) is not None]
+    steps = proxy.get("finetune_steps")  # absent in a report scored before that column
+    tuned = f" | loss after {steps} own steps" if steps else ""
     lines = ["", "## The search's proxy against retraining", "",
              (f"Each model that is a network of the space, scored by the search's final supernet "
               f"as its ranking scores candidates (BatchNorm recomputed on {proxy['bn_batches']} "
               f"weight-part batches; loss and mIoU on {proxy['images']} held-out images of the "
-              "architecture split; the ranking picks the lowest loss)."), "",
-             "| model | head | proxy loss | proxy mIoU | test mIoU |", "|---|---|---|---|---|"]
+              "architecture split; the ranking picks the lowest loss)"
+              + (f", and after {steps} steps of its own from the supernet's weights exactly as "
+                 "the search's shortlist is scored (`nas.search.rank`: the weight step's Adam, "
+                 "lr and batch, the same batches for each; loss on the search's held-out "
+                 "crops of the architecture split)." if steps else ".")), "",
+             f"| model | head | proxy loss | proxy mIoU{tuned} | test mIoU |",
+             "|---|---|---|---|---|" + ("---|" if steps else "")]
+
+    def cells(p: dict) -> str:
+        return (f"{p['loss']:.3f} | {p['metric']:.2f}"
+                + (f" | {p['finetune_loss']:.3f}" if steps else ""))
+
     for r in sorted(scored, key=lambda r: proxy["models"][r["model"]]["loss"]):
-        p = proxy["models"][r["model"]]
-        lines.append(f"| {r['model']} | `{r['choices_head']}` | {p['loss']:.3f} | "
-                     f"{p['metric']:.2f} | {r['miou']:.2f} |")
+        lines.append(f"| {r['model']} | `{r['choices_head']}` | "
+                     f"{cells(proxy['models'][r['model']])} | {r['miou']:.2f} |")
     for what, p in proxy["swaps"].items():
-        lines.append(f"| {what} | `{p['head']}` | {p['loss']:.3f} | {p['metric']:.2f} | - |")
+        lines.append(f"| {what} | `{p['head']}` | {cells(p)} | - |")
     outside = [r["model"] for r in rows if proxy["models"].get(r["model"]) is None]
     if outside:
         lines += ["", f"Not networks of the space (no proxy): {', '.join(outside)}."]
     if len(scored) >= 3:
+        truth = [r["miou"] for r in scored]
         tau = stats.kendalltau([-proxy["models"][r["model"]]["loss"] for r in scored],
-                               [r["miou"] for r in scored]).statistic
-        lines += ["", (f"Kendall tau between the proxy's ranking (lowest loss first) and the "
-                       f"test mIoU over these {len(scored)} networks: {tau:.2f}.")]
+                               truth).statistic
+        line = (f"Kendall tau between the proxy's ranking (lowest loss first) and the test mIoU "
+                f"over these {len(scored)} networks: {tau:.2f}")
+        if steps:
+            tau_tuned = stats.kendalltau(
+                [-proxy["models"][r["model"]]["finetune_loss"] for r in scored], truth).statistic
+            line += f"; after {steps} own steps: {tau_tuned:.2f}"
+        lines += ["", line + "."]
     return lines
 
 

@@ -170,6 +170,10 @@ def test_proof_end_to_end_then_resumed_then_refused(camvid, lut_path, measured, 
     proxy = report["proxy"]
     assert proxy["models"]["mobilenetv2-lraspp"] is None and proxy["swaps"] == {}
     assert all(proxy["models"][m]["loss"] > 0 for m in models[1:])
+    # and after the search's own-training steps, as its shortlist is scored
+    assert proxy["finetune_steps"] == report["search"]["config"]["rank_finetune"] == 60
+    assert all(proxy["models"][m]["finetune_loss"] > 0 for m in models[1:])
+    assert "| loss after 60 own steps |" in markdown and "; after 60 own steps: " in markdown
     assert "## The search's proxy against retraining" in markdown
     assert "Not networks of the space (no proxy): mobilenetv2-lraspp." in markdown
     assert "test mIoU over these 3 networks" in markdown

@@ -44,8 +44,8 @@ from supernets.space import SearchSpace, get_space
 from supernets.spec import ArchSpec
 from supernets.supernet import SuperNet
 
-__all__ = ["ONESHOT_FORMAT", "RULES", "OneShotConfig", "OneShotTrainer", "PathScorer",
-           "load_snapshot", "train_oneshot"]
+__all__ = ["ONESHOT_FORMAT", "RULES", "EpochSubset", "OneShotConfig", "OneShotTrainer",
+           "PathScorer", "load_snapshot", "train_oneshot"]
 
 ONESHOT_FORMAT = "nas.oneshot/1"
 RULES = ("uniform", "sandwich", "sandwich-kd")
@@ -118,6 +118,23 @@ class OneShotConfig:
 
 
 _LATER_FIELDS = ("input_size", "num_joints", "device")
+
+
+class EpochSubset(torch.utils.data.Dataset):
+    """``base[indices]`` that passes ``set_epoch`` (the augmentation's epoch) on to ``base``."""
+
+    def __init__(self, base, indices: list[int]):
+        self.base, self.indices = base, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.base[self.indices[i]]
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
 
 
 def split_datasets(space: SearchSpace, data: str | None, *, seed: int, arch_split: float,
@@ -361,6 +378,8 @@ class PathScorer:
                                      batch_size=cfg.batch_size, train_samples=cfg.train_samples,
                                      augment=False, limit=cfg.limit)
         self.held_out = torch.utils.data.Subset(plain, sorted(arch_idx)[:images])
+        self.weight_part = EpochSubset(augmented, weight_idx)
+        self.arch_part = EpochSubset(augmented, arch_idx)
 
     @classmethod
     def from_search(cls, state: dict, *, preset: str | None = None, bn_batches: int = 8,
@@ -404,3 +423,21 @@ class PathScorer:
                                           batch_size=self.cfg.batch_size * 2, device=self.device)
         return {"metric": result["mean"], "loss": result["loss"],
                 "seconds": time.perf_counter() - t0}
+
+    def score_finetuned(self, spec: ArchSpec, steps: int, *, epochs: int, images: int,
+                        lr: float = 1e-3, weight_decay: float = 1e-4) -> dict:
+        """``{"loss", "steps", "seconds"}``: ``spec``'s held-out loss after ``steps`` steps of
+        its own from the supernet's weights, exactly as a search of ``epochs`` epochs that
+        ranks on ``images`` held-out images scores its shortlist (``nas.search.rank``: the
+        same weight-part batches, the same augmented architecture-part crops)."""
+        from nas.search.rank import finetune_loss, ranking_batches
+
+        t0 = time.perf_counter()
+        _, held = ranking_batches(self.weight_part, self.arch_part, seed=self.cfg.seed,
+                                  batch_size=self.cfg.batch_size, bn_batches=0, images=images,
+                                  epoch=epochs, device=self.device)
+        loss = finetune_loss(self.supernet, spec, self.weight_part, held, self.task.loss,
+                             steps=steps, batch_size=self.cfg.batch_size, lr=lr,
+                             weight_decay=weight_decay, seed=self.cfg.seed, epoch=epochs + 1,
+                             device=self.device)
+        return {"loss": loss, "steps": steps, "seconds": time.perf_counter() - t0}

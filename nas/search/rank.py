@@ -68,7 +68,7 @@ from supernets.space import SearchSpace
 from supernets.spec import ArchSpec
 
 __all__ = ["DRAWS", "batches", "candidates", "evolve", "family_draws", "finetune_loss",
-           "rank", "score", "shortlist"]
+           "rank", "ranking_batches", "score", "shortlist"]
 
 
 DRAWS = ("window", "fit", "evolve")
@@ -229,18 +229,30 @@ def batches(dataset, indices: list[int], batch_size: int, device, epoch: int) ->
             for start in range(0, len(indices), batch_size)]
 
 
+def ranking_batches(train_set, arch_set, *, seed: int, batch_size: int, bn_batches: int,
+                    images: int, epoch: int, device) -> tuple[list[dict], list[dict]]:
+    """The batches a search's ranking uses, drawn from ``seed``: ``bn_batches`` batches of the
+    weight part (``train_set``) to recompute BatchNorm statistics on, and ``images`` held-out
+    images of the architecture part (``arch_set``) to score on, both at augmentation ``epoch``
+    (the search's epochs)."""
+    g = torch.Generator().manual_seed(seed * 104_729 + 5)
+    n_bn = min(len(train_set), bn_batches * batch_size)
+    bn_idx = torch.randperm(len(train_set), generator=g)[:n_bn].tolist()
+    n_score = min(len(arch_set), images)
+    score_idx = torch.randperm(len(arch_set), generator=g)[:n_score].tolist()
+    return (batches(train_set, bn_idx, batch_size, device, epoch),
+            batches(arch_set, score_idx, batch_size, device, epoch))
+
+
 def rank(searcher, probs: Mapping[str, torch.Tensor], derived: Derivation,
          window: tuple[float, float] | None, name: str) -> list[dict]:
     """Candidates of a finished search (``derived`` and draws from ``probs``), best (lowest
     held-out loss) first, each with its ``proxy_loss`` and ``rank``."""
     cfg = searcher.cfg
-    g = torch.Generator().manual_seed(cfg.seed * 104_729 + 5)
-    n_bn = min(len(searcher.train_set), cfg.rank_bn_batches * cfg.batch_size)
-    bn_idx = torch.randperm(len(searcher.train_set), generator=g)[:n_bn].tolist()
-    n_score = min(len(searcher.arch_set), cfg.rank_images)
-    score_idx = torch.randperm(len(searcher.arch_set), generator=g)[:n_score].tolist()
-    bn_b = batches(searcher.train_set, bn_idx, cfg.batch_size, searcher.device, cfg.epochs)
-    score_b = batches(searcher.arch_set, score_idx, cfg.batch_size, searcher.device, cfg.epochs)
+    bn_b, score_b = ranking_batches(searcher.train_set, searcher.arch_set, seed=cfg.seed,
+                                    batch_size=cfg.batch_size, bn_batches=cfg.rank_bn_batches,
+                                    images=cfg.rank_images, epoch=cfg.epochs,
+                                    device=searcher.device)
     t0 = time.perf_counter()
 
     def evaluate(spec: ArchSpec) -> float:

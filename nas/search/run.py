@@ -122,27 +122,12 @@ def _table(space: SearchSpace, cfg: SearchConfig, lut: str | None, allow_foreign
 
 
 def _datasets(cfg: SearchConfig, space: SearchSpace):
-    from nas.search.oneshot import split_datasets
+    from nas.search.oneshot import EpochSubset, split_datasets
 
     full, weight_idx, arch_idx = split_datasets(
         space, cfg.data, seed=cfg.seed, arch_split=cfg.arch_split, batch_size=cfg.batch_size,
         train_samples=cfg.train_samples)
-    return _Subset(full, weight_idx), _Subset(full, arch_idx)
-
-
-class _Subset(torch.utils.data.Dataset):
-    def __init__(self, base, indices: list[int]):
-        self.base, self.indices = base, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        return self.base[self.indices[i]]
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.base, "set_epoch"):
-            self.base.set_epoch(epoch)
+    return EpochSubset(full, weight_idx), EpochSubset(full, arch_idx)
 
 
 @dataclass
