@@ -54,6 +54,19 @@ def _rules(text: str) -> tuple[str, ...]:
     return rules
 
 
+def _finetune(text: str) -> tuple[str, int, int]:
+    parts = text.split(":")
+    try:
+        rule, epoch, steps = parts[0], int(parts[1]), int(parts[2])
+    except (IndexError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected RULE:EPOCH:STEPS, e.g. "
+                                         "uniform:5:60") from None
+    if len(parts) != 3 or rule not in RULES or epoch < 1 or steps < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected RULE:EPOCH:STEPS with RULE one of "
+                                         f"{', '.join(RULES)} and positive EPOCH and STEPS")
+    return rule, epoch, steps
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,6 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--bn-batches", type=int, default=8, help="BatchNorm recompute batches")
     ap.add_argument("--images", type=int, default=200, help="held-out images per score")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    ap.add_argument("--finetune", type=_finetune, action="append", default=[],
+                    metavar="RULE:EPOCH:STEPS",
+                    help="also score each network by its held-out loss after STEPS steps of "
+                         "its own from that supernet snapshot, as a search's shortlist "
+                         "(--rank-finetune); repeatable, e.g. uniform:5:60")
     ap.add_argument("--no-supernets", action="store_true", help="cheap and zero-cost only")
     ap.add_argument("--limit", type=int, help="at most N training images (smoke runs; needs "
                     "--out and a --cache elsewhere than the committed table)")
@@ -144,6 +162,23 @@ def run(args: argparse.Namespace) -> dict:
                     costs[name] = (f"{train_h:.2f} h supernet training once, then "
                                    f"{seconds:.1f} s per network")
                 supernets[f"{rule} e{epoch}"] = {"train_seconds": cache.get("train_seconds")}
+    for rule, epoch, steps in ([] if interrupted else args.finetune):
+        cache = px.finetune_scores(rows, rule, epoch, steps, workdir=Path(args.workdir),
+                                   cache_dir=cache_dir, bn_batches=args.bn_batches,
+                                   images=args.images, threads=args.threads, log=log)
+        if not cache:
+            continue
+        plain = cache_dir / f"supernet-{rule}-e{epoch}.json"
+        name = f"supernet {rule} e{epoch} loss"
+        if name not in scores and plain.exists():  # the same snapshot without own steps
+            per = px.read_json(plain, "a proxy score cache")["networks"]
+            scores[name] = {k: -v["loss"] for k, v in per.items()}
+            costs[name] = f"the e{epoch} supernet ({plain.name})"
+        per = cache["networks"]
+        name = f"supernet {rule} e{epoch} loss after {steps} own steps"
+        scores[name] = {k: -v["loss"] for k, v in per.items()}
+        costs[name] = (f"the e{epoch} supernet, then "
+                       f"{np.mean([v['seconds'] for v in per.values()]):.1f} s per network")
     lines = px.fidelity(rows, scores, costs)
     in_window_here = [r for r in rows if r.get("latency_ratio_mobilenetv2") is not None
                       and 0.85 <= r["latency_ratio_mobilenetv2"] <= 1.0]
@@ -201,7 +236,13 @@ def render(report: dict) -> str:
               "(one uniform path per step), sandwich (largest + smallest + 2 uniform paths per "
               "step), sandwich-kd (the same, the other paths learning the largest path's "
               "heatmaps). Zero-cost proxies at initialisation on 32 held-out training images, "
-              f"mean of {s['zerocost_seeds']} initialisations. The test split is never read."),
+              f"mean of {s['zerocost_seeds']} initialisations. The test split is never read."
+              + ("".join(f" 'loss after {n} own steps' (e{e} {r}): each network trained {n} "
+                         "steps on its own from that supernet's weights (Adam 1e-3, decay 1e-4, "
+                         "batch 16, the same augmented weight-split batches for each), then its "
+                         "heatmap loss on the held-out crops a search's ranking scores, as "
+                         "`nas search --rank-finetune` scores its shortlist."
+                         for r, e, n in s.get("finetune") or []))),
              "", "| proxy | n | Kendall tau | p | Spearman | top-10% overlap | cost |",
              "|---|---|---|---|---|---|---|"]
     for x in report["rows"]:

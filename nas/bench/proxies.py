@@ -159,6 +159,42 @@ def supernet_scores(rows: list[dict], data: str, rule: str, *, epochs: int,
     return out
 
 
+def finetune_scores(rows: list[dict], rule: str, epoch: int, steps: int, *, workdir: Path,
+                    cache_dir: Path, bn_batches: int, images: int, threads: int | None,
+                    log: Callable[[str], None] = print) -> dict:
+    """Every row's held-out loss after ``steps`` steps of its own from the ``rule`` supernet's
+    epoch-``epoch`` snapshot (trained by ``supernet_scores``), as a search's shortlist is scored
+    (``PathScorer.score_finetuned``): the cache, ``{}`` when that snapshot is missing."""
+    import torch
+
+    from nas.search.oneshot import PathScorer, load_snapshot, snapshot_path
+
+    path = snapshot_path(workdir / rule, epoch)
+    if not path.exists():
+        log(f"own-training scores: no supernet {rule} epoch {epoch} in {workdir / rule}")
+        return {}
+    if threads:
+        torch.set_num_threads(threads)
+    supernet, scfg, state = load_snapshot(path)
+    header = {"what": "held-out loss after own training from the supernet's weights",
+              "rule": rule, "epoch": epoch, "steps": steps,
+              "config": json.loads(json.dumps(scfg.to_dict())), "bn_batches": bn_batches,
+              "images": images}
+    cache_path = cache_dir / f"supernet-{rule}-e{epoch}-own{steps}.json"
+    cache = _cache(cache_path, header)
+    cache["train_seconds"] = state.get("train_seconds")
+    todo = [r for r in rows if r["key"] not in cache["networks"]]
+    if todo:
+        log(f"supernet {rule} epoch {epoch}: {steps} own steps for {len(todo)} network(s)")
+        scorer = PathScorer(supernet, scfg, bn_batches=bn_batches, images=images)
+        for r in todo:
+            cache["networks"][r["key"]] = scorer.score_finetuned(r["spec"], steps, epochs=epoch,
+                                                                 images=images)
+            write_json(cache_path, cache)
+    write_json(cache_path, cache)
+    return cache
+
+
 def fidelity(rows: list[dict], scores: dict[str, dict[str, float]],
              costs: dict[str, str]) -> list[dict]:
     """One line per proxy: agreement with the ground truth's PCK over the rows it scored."""

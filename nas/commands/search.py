@@ -90,7 +90,8 @@ def register(sub) -> None:
                         "the supernet's weights and take the best by held-out loss after them "
                         "(default 60 for --task seg, 0 for pose; 0: off)")
     p.add_argument("--rank-finetune-top", type=positive_int, metavar="K",
-                   help="at least K networks in that shortlist (default 4)")
+                   help="at least K networks in that shortlist (default 1: one per head "
+                        "family)")
     g = p.add_argument_group("optuna and random strategies")
     g.add_argument("--trials", type=positive_int,
                    help="networks inside the window scored by the supernet (proxy evaluations, "

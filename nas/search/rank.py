@@ -45,7 +45,11 @@ train theirs), carry more information than those margins. So, after the search:
    network on its own from the supernet's weights put them first and second, as retraining does
    (results/benchmarks/seg_proof.md; the four networks scored: loss 0.753 and 0.776 for LR-ASPP
    at 48.0 and 46.1 test mIoU, 0.949 and 0.916 for transposed-conv heads at 42.4 and 37.2).
-   Pose's supernet ranks its networks well as it is (Kendall tau 0.67 on the LSP ground truth);
+   Within a family the supernet ranks better than own training does: on the LSP ground truth
+   (47 pose networks, one head family) the supernet's held-out loss ranks at Kendall tau 0.665
+   and the loss after 60 own steps at -0.08 (results/posebench/proxies_own_training.md), so
+   pose leaves the step off and by default (``finetune_top`` 1) the shortlist is one network
+   per family;
 5. candidates come back best first; the search takes the first and keeps the table in its report.
 
 Every draw comes from a generator seeded by the search's seed, so the ranking is reproducible.

@@ -141,12 +141,13 @@ class SearchConfig:
     # window's networks; "fit", each draw fitted into the window by derivation (before);
     # "evolve", a quarter so drawn, the rest mutations of the best scored so far
     rank_draw: str = "window"
-    # then a shortlist (the best of each segmentation head family, then the best others, at
-    # least rank_finetune_top) trains rank_finetune steps on its own from the supernet's weights
-    # and goes first in the order of its held-out loss after them (nas.search.rank); None: the
-    # task's default (seg 60, pose 0: off), 0: off
+    # then a shortlist (the best-ranked network of each segmentation head family, then the best
+    # others up to rank_finetune_top) trains rank_finetune steps on its own from the supernet's
+    # weights and goes first in the order of its held-out loss after them (nas.search.rank);
+    # None: the task's default (seg 60, pose 0: off), 0: off. Top 1: one network per family,
+    # as within a family the supernet ranks better than 60 own steps do (pose's ground truth)
     rank_finetune: int | None = None
-    rank_finetune_top: int = 4
+    rank_finetune_top: int = 1
     rank_images: int = 256              # architecture-split images each candidate is scored on
     rank_bn_batches: int = 8            # weight-split batches to recompute BatchNorm statistics
     temperature: float = 5.0            # gumbel: initial temperature, x decay per epoch (FBNet)
