@@ -40,11 +40,11 @@ train theirs), carry more information than those margins. So, after the search:
    at least. Why: a supernet trained for a few hundred steps ranks heads by how fast they learn,
    and the architecture step then concentrates on the fastest learner, which starves the others
    (with 56 heads each gets about 13 of 720 steps even under uniform draws). On the CamVid proof
-   in ``seg-mbv2`` the supernet's held-out loss ranked the two networks with LR-ASPP heads 5th
-   and 7th of 8 (Kendall tau -0.14 against test mIoU after retraining), while 60 steps of each
-   network on its own from the supernet's weights put them first and second, as retraining does
-   (results/benchmarks/seg_proof.md; the four networks scored: loss 0.753 and 0.776 for LR-ASPP
-   at 48.0 and 46.1 test mIoU, 0.949 and 0.916 for transposed-conv heads at 42.4 and 37.2).
+   in ``seg-mbv2`` the supernet's held-out loss ranked the networks with LR-ASPP heads among the
+   last (Kendall tau -0.14 against test mIoU after retraining, 8 networks), while the loss after
+   60 own steps put the three LR-ASPP networks first (0.792, 0.805, 0.808 at 48.0, 46.1, 46.4
+   test mIoU; the transposed-conv ones 0.97 to 1.24 at 37.2 to 42.0; tau 0.57:
+   results/benchmarks/seg_proof_finetune.md, stage 6).
    Within a family the supernet ranks better than own training does: on the LSP ground truth
    (47 pose networks, one head family) the supernet's held-out loss ranks at Kendall tau 0.665
    and the loss after 60 own steps at -0.08 (results/posebench/proxies_own_training.md), so
