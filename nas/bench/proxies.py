@@ -144,19 +144,30 @@ def supernet_scores(rows: list[dict], data: str, rule: str, *, epochs: int,
         header = {"what": "supernet path scores on held-out training images", "rule": rule,
                   "epoch": epoch, "config": json.loads(json.dumps(scfg.to_dict())),
                   "bn_batches": bn_batches, "images": images}
-        path = cache_dir / f"supernet-{rule}-e{epoch}.json"
-        cache = _cache(path, header)
-        cache["train_seconds"] = state.get("train_seconds")
-        todo = [r for r in rows if r["key"] not in cache["networks"]]
-        if todo:
-            log(f"supernet {rule} epoch {epoch}: scoring {len(todo)} network(s)")
-            scorer = PathScorer(supernet, scfg, bn_batches=bn_batches, images=images)
-            for r in todo:
-                cache["networks"][r["key"]] = scorer.score(r["spec"])
-                write_json(path, cache)
-        write_json(path, cache)
-        out[epoch] = cache
+        out[epoch] = _score_rows(
+            rows, cache_dir / f"supernet-{rule}-e{epoch}.json", header, state,
+            lambda: PathScorer(supernet, scfg, bn_batches=bn_batches, images=images),
+            lambda scorer, spec: scorer.score(spec),
+            f"supernet {rule} epoch {epoch}: scoring", log)
     return out
+
+
+def _score_rows(rows: list[dict], path: Path, header: dict, state: dict,
+                make_scorer: Callable, score: Callable, what: str,
+                log: Callable[[str], None]) -> dict:
+    """The cache at ``path`` (``header``) with every row scored: the rows not in it yet by
+    ``score(scorer, spec)`` with one scorer made for them, the cache written after each."""
+    cache = _cache(path, header)
+    cache["train_seconds"] = state.get("train_seconds")
+    todo = [r for r in rows if r["key"] not in cache["networks"]]
+    if todo:
+        log(f"{what} {len(todo)} network(s)")
+        scorer = make_scorer()
+        for r in todo:
+            cache["networks"][r["key"]] = score(scorer, r["spec"])
+            write_json(path, cache)
+    write_json(path, cache)
+    return cache
 
 
 def finetune_scores(rows: list[dict], rule: str, epoch: int, steps: int, *, workdir: Path,
@@ -180,19 +191,11 @@ def finetune_scores(rows: list[dict], rule: str, epoch: int, steps: int, *, work
               "rule": rule, "epoch": epoch, "steps": steps,
               "config": json.loads(json.dumps(scfg.to_dict())), "bn_batches": bn_batches,
               "images": images}
-    cache_path = cache_dir / f"supernet-{rule}-e{epoch}-own{steps}.json"
-    cache = _cache(cache_path, header)
-    cache["train_seconds"] = state.get("train_seconds")
-    todo = [r for r in rows if r["key"] not in cache["networks"]]
-    if todo:
-        log(f"supernet {rule} epoch {epoch}: {steps} own steps for {len(todo)} network(s)")
-        scorer = PathScorer(supernet, scfg, bn_batches=bn_batches, images=images)
-        for r in todo:
-            cache["networks"][r["key"]] = scorer.score_finetuned(r["spec"], steps, epochs=epoch,
-                                                                 images=images)
-            write_json(cache_path, cache)
-    write_json(cache_path, cache)
-    return cache
+    return _score_rows(
+        rows, cache_dir / f"supernet-{rule}-e{epoch}-own{steps}.json", header, state,
+        lambda: PathScorer(supernet, scfg, bn_batches=bn_batches, images=images),
+        lambda scorer, spec: scorer.score_finetuned(spec, steps, epochs=epoch, images=images),
+        f"supernet {rule} epoch {epoch}: {steps} own steps for", log)
 
 
 def fidelity(rows: list[dict], scores: dict[str, dict[str, float]],

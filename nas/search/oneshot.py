@@ -380,6 +380,7 @@ class PathScorer:
         self.held_out = torch.utils.data.Subset(plain, sorted(arch_idx)[:images])
         self.weight_part = EpochSubset(augmented, weight_idx)
         self.arch_part = EpochSubset(augmented, arch_idx)
+        self._ranking_held_out: dict[tuple[int, int], list[dict]] = {}
 
     @classmethod
     def from_search(cls, state: dict, *, preset: str | None = None, bn_batches: int = 8,
@@ -433,9 +434,12 @@ class PathScorer:
         from nas.search.rank import finetune_loss, ranking_batches
 
         t0 = time.perf_counter()
-        _, held = ranking_batches(self.weight_part, self.arch_part, seed=self.cfg.seed,
-                                  batch_size=self.cfg.batch_size, bn_batches=0, images=images,
-                                  epoch=epochs, device=self.device)
+        held = self._ranking_held_out.get((epochs, images))
+        if held is None:  # read and collated once per scorer, as the search does once
+            _, held = ranking_batches(self.weight_part, self.arch_part, seed=self.cfg.seed,
+                                      batch_size=self.cfg.batch_size, bn_batches=0,
+                                      images=images, epoch=epochs, device=self.device)
+            self._ranking_held_out[(epochs, images)] = held
         loss = finetune_loss(self.supernet, spec, self.weight_part, held, self.task.loss,
                              steps=steps, batch_size=self.cfg.batch_size, lr=lr,
                              weight_decay=weight_decay, seed=self.cfg.seed, epoch=epochs + 1,
