@@ -109,6 +109,7 @@ from nas.train import TrainConfig
 from supernets.errors import NasError
 from supernets.flops import complexity
 from supernets.named import load_arch
+from supernets.ops import parse_seg_head
 from supernets.space import SearchSpace, get_space, space_names
 from supernets.spec import ArchSpec
 
@@ -284,6 +285,9 @@ def stage_proxy(stages: Stages, space: SearchSpace, models: dict[str, ArchSpec])
     path = stages.workdir / "proxy.json"
     if path.exists():
         return read_json(path)
+    import torch
+
+    from nas.search.family import FAMILY_FILE
     from nas.search.oneshot import PathScorer
     from nas.search.searcher import load_checkpoint
 
@@ -302,12 +306,24 @@ def stage_proxy(stages: Stages, space: SearchSpace, models: dict[str, ArchSpec])
         return True
 
     steps = c.get("rank_finetune") or get_task("seg").rank_finetune_steps
+    # the family stage's supernet (nas.search.family), when the search ran one
+    family_path = stages.workdir / "search" / FAMILY_FILE
+    family, family_scorer = None, None
+    if family_path.is_file():
+        fam = torch.load(family_path, map_location="cpu", weights_only=True)
+        family = {"family": fam["family"], "epochs": fam["epoch"]}
+        family_scorer = PathScorer.from_search({**state, "supernet": fam["supernet"]},
+                                               bn_batches=c["rank_bn_batches"],
+                                               images=c["rank_images"])
 
     def both(spec: ArchSpec) -> dict:
         tuned = scorer.score_finetuned(spec, steps, epochs=c["epochs"], images=c["rank_images"],
                                        lr=c["weight_lr"], weight_decay=c["weight_decay"])
-        return {**scorer.score(spec), "finetune_loss": tuned["loss"],
-                "finetune_seconds": tuned["seconds"]}
+        out = {**scorer.score(spec), "finetune_loss": tuned["loss"],
+               "finetune_seconds": tuned["seconds"]}
+        if family_scorer is not None:
+            out["family_loss"] = family_scorer.score(spec)["loss"]
+        return out
 
     scores = {key: both(spec) if in_space(spec) else None for key, spec in models.items()}
     swaps = {}
@@ -318,7 +334,7 @@ def stage_proxy(stages: Stages, space: SearchSpace, models: dict[str, ArchSpec])
             spec = space.spec({**backbone.choices, "head": head.choices["head"]}, what)
             swaps[what] = {"head": head.choices["head"], **both(spec)}
     result = {"images": c["rank_images"], "bn_batches": c["rank_bn_batches"],
-              "finetune_steps": steps, "models": scores, "swaps": swaps}
+              "finetune_steps": steps, "family": family, "models": scores, "swaps": swaps}
     write_json(path, result)
     return result
 
@@ -329,7 +345,9 @@ def proxy_lines(proxy: dict, rows: list[dict]) -> list[str]:
 
     scored = [r for r in rows if proxy["models"].get(r["model"]) is not None]
     steps = proxy.get("finetune_steps")  # absent in a report scored before that column
-    tuned = f" | loss after {steps} own steps" if steps else ""
+    family = proxy.get("family")          # the family stage's supernet, when the search ran it
+    tuned = (f" | loss after {steps} own steps" if steps else "") + (
+        f" | {family['family']} supernet loss" if family else "")
     lines = ["", "## The search's proxy against retraining", "",
              (f"Each model that is a network of the space, scored by the search's final supernet "
               f"as its ranking scores candidates (BatchNorm recomputed on {proxy['bn_batches']} "
@@ -338,13 +356,17 @@ def proxy_lines(proxy: dict, rows: list[dict]) -> list[str]:
               + (f", and after {steps} steps of its own from the supernet's weights exactly as "
                  "the search's shortlist is scored (`nas.search.rank`: the weight step's Adam, "
                  "lr and batch, the same batches for each; loss on the search's held-out "
-                 "crops of the architecture split)." if steps else ".")), "",
+                 "crops of the architecture split)" if steps else "")
+             + (f", and by the supernet after the search's family stage ({family['epochs']} "
+                f"more epochs with the head among the {family['family']} heads, "
+                "`nas.search.family`), scored as the first column." if family else ".")), "",
              f"| model | head | proxy loss | proxy mIoU{tuned} | test mIoU |",
-             "|---|---|---|---|---|" + ("---|" if steps else "")]
+             "|---|---|---|---|---|" + ("---|" if steps else "") + ("---|" if family else "")]
 
     def cells(p: dict) -> str:
         return (f"{p['loss']:.3f} | {p['metric']:.2f}"
-                + (f" | {p['finetune_loss']:.3f}" if steps else ""))
+                + (f" | {p['finetune_loss']:.3f}" if steps else "")
+                + (f" | {p['family_loss']:.3f}" if family else ""))
 
     for r in sorted(scored, key=lambda r: proxy["models"][r["model"]]["loss"]):
         lines.append(f"| {r['model']} | `{r['choices_head']}` | "
@@ -365,6 +387,20 @@ def proxy_lines(proxy: dict, rows: list[dict]) -> list[str]:
                 [-proxy["models"][r["model"]]["finetune_loss"] for r in scored], truth).statistic
             line += f"; after {steps} own steps: {tau_tuned:.2f}"
         lines += ["", line + "."]
+    if family:
+        members = [r for r in scored if parse_seg_head(r["choices_head"])[0] == family["family"]]
+        if len(members) >= 2:
+            lines += ["", f"Among the {len(members)} networks with {family['family']} heads, "
+                      "lowest loss first: "
+                      + "; ".join(f"{what} "
+                                  + ", ".join(r["model"] for r in sorted(
+                                      members, key=lambda r: proxy["models"][r["model"]][key]))
+                                  for what, key in (("the search's supernet", "loss"),
+                                                    (f"{steps} own steps", "finetune_loss"),
+                                                    ("the family supernet", "family_loss")))
+                      + "; test mIoU "
+                      + ", ".join(r["model"] for r in sorted(members, key=lambda r: -r["miou"]))
+                      + "."]
     return lines
 
 
@@ -575,6 +611,7 @@ def run(args: argparse.Namespace) -> dict:
             "arch", "budget_ms", "window_ms", "accuracy_only", "predicted_ms", "measured_ms",
             "measured", "in_window", "space_bounds_ms", "layers", "lam_trajectory",
             "final_entropy", "config", "selected_by", "proxy_loss", "ranking", "ranking_seconds",
+            "finetune_loss", "finetune_seconds", "family_loss", "family_stage",
             "measure_checks", "verdict")},
         "randoms": randoms,
         "latency": {k: v for k, v in latency.items() if k != "choices"},

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import benchmark_script, macs_table, stand_in_probe
 from PIL import Image
 
@@ -174,6 +175,9 @@ def test_proof_end_to_end_then_resumed_then_refused(camvid, lut_path, measured, 
     assert proxy["finetune_steps"] == report["search"]["config"]["rank_finetune"] == 60
     assert all(proxy["models"][m]["finetune_loss"] > 0 for m in models[1:])
     assert "| loss after 60 own steps |" in markdown and "; after 60 own steps: " in markdown
+    # no ranking here (rank_samples=0), so no family stage (nas.search.family) and no column
+    assert report["search"]["family_stage"] is None and proxy["family"] is None
+    assert "supernet loss |" not in markdown
     assert "## The search's proxy against retraining" in markdown
     assert "Not networks of the space (no proxy): mobilenetv2-lraspp." in markdown
     assert "test mIoU over these 3 networks" in markdown
@@ -199,9 +203,13 @@ def test_proof_end_to_end_then_resumed_then_refused(camvid, lut_path, measured, 
     assert "epochs=1, not 2" in captured.err
 
     # a baseline in the space with another head than the searched network: heads swapped too
+    # and a family stage's supernet (here the search's own, as family.pt): a third column
     other = tmp_path / "other"
-    other.mkdir()
-    (other / "search").symlink_to(workdir / "search")
+    (other / "search").mkdir(parents=True)
+    (other / "search" / "checkpoint.pt").symlink_to(workdir / "search" / "checkpoint.pt")
+    state = torch.load(workdir / "search" / "checkpoint.pt", weights_only=True)
+    torch.save({"family": "tc2", "epoch": 3, "supernet": state["supernet"]},
+               other / "search" / "family.pt")
     space = seg_proof.get_space("seg-small", preset="camvid", input_size=INPUT)
     a = space.sample(np.random.default_rng(0), "a")
     b = space.spec({**a.choices, "head": next(h for h in space.seg_heads
@@ -215,6 +223,14 @@ def test_proof_end_to_end_then_resumed_then_refused(camvid, lut_path, measured, 
     assert {p["loss"] for p in swaps.values()}.isdisjoint(
         {p["loss"] for p in result["models"].values()})
     assert (other / "proxy.json").is_file()
+    assert result["family"] == {"family": "tc2", "epochs": 3}
+    # the same supernet scores as the family one: the same held-out loss
+    for p in [*result["models"].values(), *swaps.values()]:
+        assert p["family_loss"] == pytest.approx(p["loss"], rel=1e-5)
+    rows = [{"model": m, "choices_head": spec.choices["head"], "miou": 40.0 + i}
+            for i, (m, spec) in enumerate({"mobilenetv2-lraspp": a, "searched": b}.items())]
+    lines = "\n".join(seg_proof.proxy_lines(result, rows))
+    assert "| tc2 supernet loss | test mIoU |" in lines and "(3 more epochs" in lines
 
 
 def test_missing_data_is_one_line_naming_the_path(lut_path, tmp_path, capsys):

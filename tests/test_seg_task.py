@@ -236,6 +236,7 @@ def test_objective_score_searches_without_a_budget_floor_or_a_lambda_controller(
     families = {r["choices"]["head"].split("_")[1] for r in tuned}
     assert {"lraspp", "aspp"} <= families
     assert "own training" in report["selected_by"] and report["finetune_loss"] is not None
+    assert report["family_stage"] is None   # off by default (tests/test_search_family.py)
 
 
 def test_search_refuses_a_space_of_the_other_task(tmp_path, capsys):

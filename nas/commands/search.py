@@ -92,6 +92,10 @@ def register(sub) -> None:
     p.add_argument("--rank-finetune-top", type=positive_int, metavar="K",
                    help="at least K networks in that shortlist (default 1: one per head "
                         "family)")
+    p.add_argument("--family-epochs", type=non_negative_int, metavar="N",
+                   help="then train the supernet N more epochs with the head restricted to "
+                        "the family of the shortlist's best, and rank that family's networks "
+                        "again by its held-out loss (--task seg; default 0: off)")
     g = p.add_argument_group("optuna and random strategies")
     g.add_argument("--trials", type=positive_int,
                    help="networks inside the window scored by the supernet (proxy evaluations, "
@@ -130,14 +134,15 @@ def register(sub) -> None:
 
 _CFG_ARGS = ("task", "space", "data", "epochs", "warmup_epochs", "batch_size", "arch_batch_size",
              "train_samples", "mode", "arch_samples", "lam_control", "lam", "tau", "arch_lr",
-             "rank_samples", "rank_draw", "rank_finetune", "rank_finetune_top", "seed",
+             "rank_samples", "rank_draw", "rank_finetune", "rank_finetune_top",
+             "family_epochs", "seed",
              "device", "runtime", "provider",
              "threads", "strategy", "trials", "objective", "supernet", "supernet_rule",
              "storage", "study", "pareto", "score_images")
 # settings read by one kind of strategy only
 _DIFFERENTIABLE_ONLY = ("warmup_epochs", "arch_batch_size", "mode", "arch_samples",
                         "lam_control", "lam", "tau", "arch_lr", "rank_samples", "rank_draw",
-                        "rank_finetune", "rank_finetune_top")
+                        "rank_finetune", "rank_finetune_top", "family_epochs")
 _PROPOSING_ONLY = ("trials", "objective", "supernet", "supernet_rule", "storage", "study",
                    "pareto", "score_images")
 # what a resumed search takes from its checkpoint; --epochs (differentiable) or --trials

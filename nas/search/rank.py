@@ -50,7 +50,10 @@ train theirs), carry more information than those margins. So, after the search:
    and the loss after 60 own steps at -0.08 (results/posebench/proxies_own_training.md), so
    pose leaves the step off and by default (``finetune_top`` 1) the shortlist is one network
    per family;
-5. candidates come back best first; the search takes the first and keeps the table in its report.
+5. candidates come back best first; the search takes the first and keeps the table in its report
+   (in a segmentation space after one more step, ``nas.search.family``: the supernet trains on
+   with the head restricted to the family of the shortlist's best, and ranks that family's
+   networks again).
 
 Every draw comes from a generator seeded by the search's seed, so the ranking is reproducible.
 """
@@ -71,8 +74,8 @@ from supernets.errors import NasError
 from supernets.space import SearchSpace
 from supernets.spec import ArchSpec
 
-__all__ = ["DRAWS", "batches", "candidates", "evolve", "family_draws", "finetune_loss",
-           "rank", "ranking_batches", "score", "shortlist"]
+__all__ = ["DRAWS", "batches", "candidates", "draw_family", "evolve", "family_draws",
+           "finetune_loss", "rank", "ranking_batches", "score", "shortlist"]
 
 
 DRAWS = ("window", "fit", "evolve")
@@ -306,27 +309,38 @@ def family_draws(space: SearchSpace, probs: Mapping[str, torch.Tensor], predicto
     missing = [f for f in families if f not in have]
     if not missing:
         return []
-    low, high = window if window is not None else (None, None)
-    sampler = WindowSampler(predictor, space, low, high)
-    learned = {lb: p.detach().double().cpu().numpy() for lb, p in probs.items()}
-    names = next(layer for layer in space.choice_layers() if layer.label == label).names
     rng = np.random.default_rng(seed * 7_368_787 + 19)
     seen = {choice_key(c["spec"]) for c in found}
     out = []
     for family in missing:
-        # the family's heads uniformly among themselves: the learned head probabilities are
-        # what the family is drawn for, as they barely trained its heads
-        mask = np.array([1.0 if n in families[family] else 0.0 for n in names])
-        try:
-            specs = sampler.draws(rng, per_family, name, weights={**learned, label: mask})
-        except NasError:  # no network of the window has a head of this family
-            continue
-        for spec in specs:
-            key = choice_key(spec)
-            if key not in seen:
-                seen.add(key)
-                out.append({"spec": spec, "predicted_ms": predictor.latency(spec),
-                            "source": f"family {family}"})
+        out += draw_family(space, probs, predictor, window, families[family], per_family, rng,
+                           seen, name, f"family {family}")
+    return out
+
+
+def draw_family(space: SearchSpace, probs: Mapping[str, torch.Tensor], predictor,
+                window: tuple[float, float] | None, heads: tuple[str, ...], n: int,
+                rng: np.random.Generator, seen: set, name: str, source: str) -> list[dict]:
+    """Up to ``n`` networks of the window with the head among ``heads`` (uniformly: the learned
+    head probabilities are what the family is drawn for, as they barely trained its heads),
+    drawn from the learned probabilities otherwise (``WindowSampler``), none whose choices are
+    in ``seen`` (which they join); ``[]`` when no network of the window has such a head."""
+    label, _ = space.head_families()
+    low, high = window if window is not None else (None, None)
+    sampler = WindowSampler(predictor, space, low, high)
+    learned = {lb: p.detach().double().cpu().numpy() for lb, p in probs.items()}
+    names = next(layer for layer in space.choice_layers() if layer.label == label).names
+    mask = np.array([1.0 if h in heads else 0.0 for h in names])
+    try:
+        specs = sampler.draws(rng, n, name, weights={**learned, label: mask})
+    except NasError:  # no network of the window has a head of this family
+        return []
+    out = []
+    for spec in specs:
+        key = choice_key(spec)
+        if key not in seen:
+            seen.add(key)
+            out.append({"spec": spec, "predicted_ms": predictor.latency(spec), "source": source})
     return out
 
 

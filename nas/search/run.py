@@ -18,6 +18,7 @@ import nas
 from nas.distributed import World, from_env
 from nas.search.budget import format_ms
 from nas.search.derive import derive
+from nas.search.family import FAMILY_FILE, family_stage, load_family_state
 from nas.search.rank import rank
 from nas.search.report import plot_search, write_jsonl
 from nas.search.searcher import SearchConfig, Searcher, load_checkpoint
@@ -34,7 +35,7 @@ MEASURED_OK = (0.85, 1.0)  # measured / budget that ends the measured checks
 OVER_BUDGET = 1.05   # measured / budget above this: the search fails (measurement noise below)
 # what a search writes into its folder: a new search refuses a folder holding any (or, forced,
 # deletes these and nothing else)
-RUN_FILES = ("checkpoint.pt", "log.jsonl", "arch.json", "report.json", "search.png",
+RUN_FILES = ("checkpoint.pt", "family.pt", "log.jsonl", "arch.json", "report.json", "search.png",
              # strategies that propose networks (nas.search.run_blackbox)
              "strategy.json", "trials.csv", "study.journal", "pareto.csv", "pareto.png")
 
@@ -288,7 +289,7 @@ def search(cfg: SearchConfig | None, out: Path, *, lut: str | None = None,
         return {"status": "interrupted", "checkpoint": str(ckpt),
                 "resume": f"nas search --resume {out}"}
     # derivation, ranking and the measured check: rank 0, with the others idle
-    return world.broadcast(_finish(searcher, out) if world.is_main else None)
+    return world.broadcast(_finish(searcher, out, progress=progress) if world.is_main else None)
 
 
 def _measured_checks(searcher: Searcher, probs: dict, ranked: list[dict],
@@ -368,10 +369,22 @@ def _verdict(measured_ms: float | None, budget_ms: float) -> str:
     return "met" if ratio <= 1.0 else "met_within_noise" if ratio <= OVER_BUDGET else "over_budget"
 
 
-OWN = " and the shortlist's own training"   # selected_by, nas.search.rank step 4
+def _selected_by(chosen: dict, n: int, family: dict | None) -> str:
+    """How the pick was chosen: the steps of ``nas.search.rank`` (and ``nas.search.family``)
+    that ordered it."""
+    if not chosen.get("rank"):
+        return "derivation"
+    if "family_loss" in chosen:
+        how = (f"supernet ranking, the shortlist's own training and the {family['family']} "
+               f"family's supernet ({family['epochs']} epochs)")
+    elif "finetune_loss" in chosen:
+        how = "supernet ranking and the shortlist's own training"
+    else:
+        how = "supernet ranking"
+    return f"{how} (rank {chosen['rank']} of {n})"
 
 
-def _finish(searcher: Searcher, out: Path) -> dict:
+def _finish(searcher: Searcher, out: Path, *, progress: bool = True) -> dict:
     cfg, space, predictor = searcher.cfg, searcher.space, searcher.predictor
     table = predictor.table
     probs = {lb: p.detach().cpu() for lb, p in searcher.arch.probs().items()}
@@ -380,8 +393,17 @@ def _finish(searcher: Searcher, out: Path) -> dict:
         window = budget_window(cfg, cfg.budget_ms, searcher.bounds_ms[0])
     name = f"{space.name}-{_budget_tag(cfg)}"
     d = derive(space, probs, predictor.latency, window, name=name)
+    searcher.family = None
+    family_state = load_family_state(out, searcher) if cfg.family_epochs else None
     if cfg.rank_samples > 0:
-        ranked = rank(searcher, probs, d, window, name)
+        ranked = (family_state["ranked"] if family_state is not None
+                  else rank(searcher, probs, d, window, name))
+        if cfg.family_epochs:   # a seg space with the shortlist step (SearchConfig checks)
+            ranked = family_stage(searcher, probs, ranked, window, name, out,
+                                  progress=progress, state=family_state)
+            if ranked is None:
+                return {"status": "interrupted", "checkpoint": str(out / FAMILY_FILE),
+                        "resume": f"nas search --resume {out}"}
     else:
         ranked = [{"spec": d.spec, "predicted_ms": d.latency_ms, "source": "derived"}]
     chosen, checks, feedback = ranked[0], [], None
@@ -422,19 +444,20 @@ def _finish(searcher: Searcher, out: Path) -> dict:
         "argmax_predicted_ms": d.argmax_latency_ms,
         "changed_from_argmax": changed,
         "in_window": in_window,
-        "selected_by": (f"supernet ranking{OWN if 'finetune_loss' in chosen else ''} "
-                        f"(rank {chosen['rank']} of {len(ranked)})")
-        if chosen.get("rank") else "derivation",
+        "selected_by": _selected_by(chosen, len(ranked), searcher.family),
         "proxy_loss": chosen.get("proxy_loss"),
         "finetune_loss": chosen.get("finetune_loss"),
+        "family_loss": chosen.get("family_loss"),
         "ranking": [{"rank": c.get("rank"), "source": c["source"],
                      "predicted_ms": c["predicted_ms"], "proxy_loss": c.get("proxy_loss"),
                      "finetune_loss": c.get("finetune_loss"),
+                     "family_loss": c.get("family_loss"),
                      "choices": dict(c["spec"].choices)} for c in ranked]
         if cfg.rank_samples > 0 else None,
         "ranking_seconds": getattr(searcher, "rank_seconds", None),
         "finetune_steps": cfg.rank_finetune if cfg.rank_samples > 0 else 0,
         "finetune_seconds": getattr(searcher, "finetune_seconds", None),
+        "family_stage": searcher.family,
         "processes": searcher.world.size,
         "batch_size_per_rank": cfg.batch_size,
         "global_batch_size": cfg.batch_size * searcher.world.size,

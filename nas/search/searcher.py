@@ -148,6 +148,12 @@ class SearchConfig:
     # as within a family the supernet ranks better than 60 own steps do (pose's ground truth)
     rank_finetune: int | None = None
     rank_finetune_top: int = 1
+    # then the supernet trains this many more epochs with the head restricted to the family of
+    # the shortlist's best, and the family's networks are ranked again by its held-out loss
+    # (nas.search.family); segmentation spaces with the shortlist step only. Off by default: on
+    # the CamVid proof it picked a network no better than the shortlist's (46.24 against 46.38
+    # test mIoU, results/benchmarks/seg_proof_family.md)
+    family_epochs: int = 0
     rank_images: int = 256              # architecture-split images each candidate is scored on
     rank_bn_batches: int = 8            # weight-split batches to recompute BatchNorm statistics
     temperature: float = 5.0            # gumbel: initial temperature, x decay per epoch (FBNet)
@@ -249,6 +255,14 @@ class SearchConfig:
             self.rank_finetune = get_task(self.task).rank_finetune_steps
         check_int("rank_finetune", self.rank_finetune, minimum=0)
         check_int("rank_finetune_top", self.rank_finetune_top)
+        check_int("family_epochs", self.family_epochs, minimum=0)
+        if self.family_epochs and self.strategy == "differentiable":
+            if not get_space(self.space).head_families()[1]:
+                raise NasError(f"--family-epochs {self.family_epochs}: space {self.space} has "
+                               "one head family (a segmentation space's step)")
+            if not (self.rank_finetune and self.rank_samples):
+                raise NasError(f"--family-epochs {self.family_epochs}: needs the ranking and "
+                               "its shortlist step (--rank-samples and --rank-finetune above 0)")
         from nas.search.rank import DRAWS
 
         if self.rank_draw not in DRAWS:
