@@ -111,3 +111,23 @@ def test_a_family_checkpoint_of_other_settings_or_corrupt_is_refused(lut, tmp_pa
     (out / FAMILY_FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(NasError, match=f"{out / FAMILY_FILE}: corrupt"):
         load_family_state(out, other)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--family-epochs", "2"], "--family-epochs 2: space cpu-base has one head family"),
+    (["--task", "seg", "--family-epochs", "2", "--rank-finetune", "0"],
+     "--family-epochs 2: needs the ranking and its shortlist step"),
+    (["--task", "seg", "--family-epochs", "-1"], "argument --family-epochs: '-1'"),
+])
+def test_the_cli_refuses_a_family_stage_that_cannot_run_in_one_line(argv, message, tmp_path,
+                                                                    capsys):
+    from nas.cli import main
+
+    out = tmp_path / "s"
+    try:
+        code = main(["search", "--budget", "5ms", "--out", str(out), *argv])
+    except SystemExit as e:   # argparse's own refusals
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
