@@ -78,10 +78,10 @@ def test_a_stop_in_the_family_stage_resumes_to_the_same_ranking(lut, tmp_path, m
     full = search(SearchConfig(**cfg), tmp_path / "full", **kw)
     train_epoch = family_mod._train_epoch
 
-    def stop_at_second(searcher, heads, label, epoch, stop, bar):
+    def stop_at_second(searcher, heads, label, epoch, bar):
         if epoch == 1:
-            stop[0] = True
-        return train_epoch(searcher, heads, label, epoch, stop, bar)
+            searcher.request_stop()
+        return train_epoch(searcher, heads, label, epoch, bar)
 
     monkeypatch.setattr(family_mod, "_train_epoch", stop_at_second)
     cut = tmp_path / "cut"

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from nas.interrupt import stop_on_sigint
 from nas.search.blackbox import choice_key
-from nas.search.rank import draw_family, ranking_batches, score
+from nas.search.rank import draw_family, ranking_batches, score, window_sampler
 from nas.search.searcher import collate
 from supernets.errors import NasError
 from supernets.fileio import write_atomic
@@ -100,10 +100,10 @@ def _steps(searcher) -> int:
     return max(1, len(searcher.train_set) // searcher.cfg.batch_size)
 
 
-def _train_epoch(searcher, heads: tuple[str, ...], label: str, epoch: int,
-                 stop: list[bool], bar: tqdm) -> bool:
+def _train_epoch(searcher, heads: tuple[str, ...], label: str, epoch: int, bar: tqdm) -> bool:
     """One epoch of uniform single-path weight steps with the head among ``heads``; False when
-    stopped (the epoch is then dropped: the stage resumes at epoch boundaries)."""
+    a stop was requested (``searcher.request_stop``; the epoch is then dropped: the stage
+    resumes at epoch boundaries)."""
     cfg, space, supernet = searcher.cfg, searcher.space, searcher.supernet
     layers = space.choice_layers()
     data_epoch = cfg.epochs + 1 + epoch   # the ranking's own training took cfg.epochs + 1
@@ -114,7 +114,7 @@ def _train_epoch(searcher, heads: tuple[str, ...], label: str, epoch: int,
     rng = np.random.default_rng([cfg.seed, 5_003, epoch])
     supernet.train()
     for step in range(_steps(searcher)):
-        if stop[0]:
+        if searcher._stop:
             return False
         idx = [order[(step * cfg.batch_size + i) % len(order)] for i in range(cfg.batch_size)]
         batch = collate(searcher.train_set, idx, searcher.device)
@@ -148,14 +148,13 @@ def family_stage(searcher, probs, ranked: list[dict], window, name: str, out: Pa
     head = ranked[0]["spec"].choices[label]
     family = next(f for f, ops in families.items() if head in ops)
     heads = families[family]
-    stop = [False]
     t0 = time.perf_counter()
     total = cfg.family_epochs * _steps(searcher)
-    with stop_on_sigint(lambda: stop.__setitem__(0, True)), tqdm(
+    with stop_on_sigint(searcher.request_stop), tqdm(
             total=total, initial=epoch * _steps(searcher), disable=not progress,
             unit="step", desc=f"family {family}", dynamic_ncols=True) as bar:
         while epoch < cfg.family_epochs:
-            if not _train_epoch(searcher, heads, label, epoch, stop, bar):
+            if not _train_epoch(searcher, heads, label, epoch, bar):
                 _save(path, searcher, family, epoch, ranked,
                       seconds + time.perf_counter() - t0)
                 return None
@@ -167,8 +166,8 @@ def family_stage(searcher, probs, ranked: list[dict], window, name: str, out: Pa
                                     device=searcher.device)
     members = [c for c in ranked if c["spec"].choices[label] in heads]
     rng = np.random.default_rng(cfg.seed * 7_368_787 + 43)
-    members += draw_family(space, probs, searcher.predictor, window, heads, cfg.rank_samples,
-                           rng, {choice_key(c["spec"]) for c in ranked}, name,
+    members += draw_family(window_sampler(space, searcher.predictor, window), probs, heads,
+                           cfg.rank_samples, rng, {choice_key(c["spec"]) for c in ranked}, name,
                            f"family {family} stage")
     searcher.supernet.eval()
     for c in members:

@@ -75,7 +75,7 @@ from supernets.space import SearchSpace
 from supernets.spec import ArchSpec
 
 __all__ = ["DRAWS", "batches", "candidates", "draw_family", "evolve", "family_draws",
-           "finetune_loss", "rank", "ranking_batches", "score", "shortlist"]
+           "finetune_loss", "rank", "ranking_batches", "score", "shortlist", "window_sampler"]
 
 
 DRAWS = ("window", "fit", "evolve")
@@ -103,8 +103,7 @@ def candidates(space: SearchSpace, probs: Mapping[str, torch.Tensor], predictor,
         return evolve(space, probs, predictor, window, samples, seed, name, out[0], evaluate)
     seen = {choice_key(first.spec)}
     if draw == "window":
-        low, high = window if window is not None else (None, None)
-        sampler = WindowSampler(predictor, space, low, high)
+        sampler = window_sampler(space, predictor, window)
         weights = {lb: p.detach().double().cpu().numpy() for lb, p in probs.items()}
         rng = np.random.default_rng(seed * 7_368_787 + 13)
         for _ in range(8):  # likely networks repeat: draw again until enough are distinct
@@ -155,8 +154,7 @@ def evolve(space: SearchSpace, probs: Mapping[str, torch.Tensor], predictor,
     proportion to its learned probability, drawn among the window's networks
     (``WindowSampler``), so a mutation needs no repair. In draw order, each with
     ``proxy_loss``; a space too small for enough distinct networks returns fewer."""
-    low, high = window if window is not None else (None, None)
-    sampler = WindowSampler(predictor, space, low, high)
+    sampler = window_sampler(space, predictor, window)
     learned = {lb: p.detach().double().cpu().numpy() for lb, p in probs.items()}
     rng = np.random.default_rng(seed * 7_368_787 + 17)
     first = {**first, "proxy_loss": evaluate(first["spec"])}
@@ -311,23 +309,30 @@ def family_draws(space: SearchSpace, probs: Mapping[str, torch.Tensor], predicto
         return []
     rng = np.random.default_rng(seed * 7_368_787 + 19)
     seen = {choice_key(c["spec"]) for c in found}
+    sampler = window_sampler(space, predictor, window)
     out = []
     for family in missing:
-        out += draw_family(space, probs, predictor, window, families[family], per_family, rng,
-                           seen, name, f"family {family}")
+        out += draw_family(sampler, probs, families[family], per_family, rng, seen, name,
+                           f"family {family}")
     return out
 
 
-def draw_family(space: SearchSpace, probs: Mapping[str, torch.Tensor], predictor,
-                window: tuple[float, float] | None, heads: tuple[str, ...], n: int,
-                rng: np.random.Generator, seen: set, name: str, source: str) -> list[dict]:
-    """Up to ``n`` networks of the window with the head among ``heads`` (uniformly: the learned
-    head probabilities are what the family is drawn for, as they barely trained its heads),
-    drawn from the learned probabilities otherwise (``WindowSampler``), none whose choices are
-    in ``seen`` (which they join); ``[]`` when no network of the window has such a head."""
-    label, _ = space.head_families()
+def window_sampler(space: SearchSpace, predictor,
+                   window: tuple[float, float] | None) -> WindowSampler:
+    """The ``WindowSampler`` of ``window`` (ms; None: the whole space)."""
     low, high = window if window is not None else (None, None)
-    sampler = WindowSampler(predictor, space, low, high)
+    return WindowSampler(predictor, space, low, high)
+
+
+def draw_family(sampler: WindowSampler, probs: Mapping[str, torch.Tensor],
+                heads: tuple[str, ...], n: int, rng: np.random.Generator, seen: set, name: str,
+                source: str) -> list[dict]:
+    """Up to ``n`` networks of ``sampler``'s window with the head among ``heads`` (uniformly: the
+    learned head probabilities are what the family is drawn for, as they barely trained its
+    heads), drawn from the learned probabilities otherwise, none whose choices are in ``seen``
+    (which they join); ``[]`` when no network of the window has such a head."""
+    space, predictor = sampler.space, sampler.predictor
+    label, _ = space.head_families()
     learned = {lb: p.detach().double().cpu().numpy() for lb, p in probs.items()}
     names = next(layer for layer in space.choice_layers() if layer.label == label).names
     mask = np.array([1.0 if h in heads else 0.0 for h in names])
