@@ -28,6 +28,12 @@ missing, as ``nas lut build --space seg-mbv2`` builds it; or ``--lut``):
    beside its test mIoU, with the Kendall tau between the two; and, when the baseline is in the
    space, the baseline and the searched network with their heads swapped.
 
+``--extra ARCH.json`` (repeatable) adds networks of the space to retrain with the same recipe,
+measure side by side and score with the proxies, reported beside the others as
+``extra-<name>`` rows outside the verdict: e.g. hand-made neighbours of the baseline, to ask
+whether the space holds a network above it at its latency at all. Given to a finished workdir,
+only the new networks are trained and scored (the side-by-side stage measures all again).
+
 Score = mIoU x W(T), W(T) = max(0, 1 - max(0, T - 3 ms) / 7 ms) (``nas.tasks.seg.score``), with T
 measured at batch 1 and per image at batch 16, and beside them the FLOPs-proportional T
 (DDRNet-39's 140.6 GFLOPs taken as 9.1453 ms) with its W and Score, so that the guess's error
@@ -38,7 +44,8 @@ best random network. The recipe is the same for every model and is not tuned per
 
     python benchmarks/seg_proof.py [--epochs 60] [--search-epochs 40] [--randoms 5] [--seed 0] \\
         [--threads N] [--search-threads N] [--jobs N] [--workers N] [--val-every N] \\
-        [--input HxW] [--search-option KEY=VALUE ...] [--lut PATH] [--json] \\
+        [--input HxW] [--search-option KEY=VALUE ...] [--extra ARCH.json ...] [--lut PATH] \\
+        [--json] \\
         [--workdir runs/seg_proof] [--out results/benchmarks/seg_proof.md]
 
 Resume: every stage writes its output into ``--workdir`` (``budget.json``, ``search/report.json``,
@@ -70,6 +77,7 @@ when it is missing, about 3 minutes here)::
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 import time
@@ -126,6 +134,7 @@ SCORE_BATCH = 16              # T is also measured per image at this batch (nas 
 # rounds of the 7 models at 176x240 take about 2 minutes here, 100 would take 8
 SCORE_BATCH_TIMING = lutlib.TimingConfig(rounds=25)
 NAME = "seg_proof"
+EXTRA = "extra-"              # the --extra networks' rows: outside the verdict
 # SearchConfig fields the proof sets itself (--search-option cannot)
 RESERVED = ("budget_ms", "task", "space", "input_size", "num_joints", "data", "epochs", "seed",
             "threads")
@@ -153,6 +162,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="a SearchConfig field for the search, repeatable, e.g. rank_samples=32, "
                          "objective=score, mode=reinforce (values as JSON, else strings)")
     ap.add_argument("--randoms", type=int, default=5, help="random networks (default %(default)s)")
+    ap.add_argument("--extra", action="append", default=[], metavar="ARCH.json",
+                    help="a network of the space to retrain and report beside the others, "
+                         "outside the verdict (repeatable)")
     ap.add_argument("--batch-size", type=int, default=8,
                     help="retraining batch (default %(default)s)")
     ap.add_argument("--seed", type=int, default=0,
@@ -262,6 +274,30 @@ def search_config(budget_ms: float, space: SearchSpace, args: argparse.Namespace
                         **dict(args.search_option))
 
 
+def load_extras(paths: list[str], space: SearchSpace) -> dict[str, ArchSpec]:
+    """``--extra``'s arch files as ``extra-<name>`` models; one line naming the file when one
+    is unreadable, not a network of ``space`` or a second network of one name. Checked before
+    anything is measured or written."""
+    extras: dict[str, ArchSpec] = {}
+    for path in paths:
+        spec = ArchSpec.load(path)
+        try:
+            space.check(spec)
+        except NasError as e:
+            raise NasError(f"{path}: --extra takes networks of the space {space.name} at "
+                           f"{space.skeleton.input_size[0]}x{space.skeleton.input_size[1]} "
+                           f"({e})") from None
+        key = f"{EXTRA}{spec.name}"
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", spec.name):
+            raise NasError(f"{path}: name {spec.name!r} names the network's run folder; "
+                           "expected letters, digits, '.', '_' or '-'")
+        if key in extras:
+            raise NasError(f"{path}: a second --extra network named {spec.name!r}; expected "
+                           "one name per network")
+        extras[key] = spec
+    return extras
+
+
 def train_config(spec: ArchSpec, args: argparse.Namespace) -> TrainConfig:
     """The one recipe every model is retrained with (nas.train's defaults otherwise)."""
     return TrainConfig(arch=spec.to_dict(), task="seg", data=args.data, epochs=args.epochs,
@@ -283,8 +319,9 @@ def stage_proxy(stages: Stages, space: SearchSpace, models: dict[str, ArchSpec])
     gives; and, when the baseline is a network of the space with another head than the searched
     one, both with their heads swapped: does the proxy rank networks or their heads?"""
     path = stages.workdir / "proxy.json"
-    if path.exists():
-        return read_json(path)
+    done = read_json(path) if path.exists() else None
+    if done is not None and set(models) <= set(done["models"]):
+        return done
     import torch
 
     from nas.search.family import FAMILY_FILE
@@ -325,6 +362,13 @@ def stage_proxy(stages: Stages, space: SearchSpace, models: dict[str, ArchSpec])
             out["family_loss"] = family_scorer.score(spec)["loss"]
         return out
 
+    if done is not None:       # models added since (--extra): score those, keep the rest
+        stages.log(f"stage 6: scoring {', '.join(k for k in models if k not in done['models'])}")
+        scores = {key: done["models"][key] if key in done["models"]
+                  else both(spec) if in_space(spec) else None for key, spec in models.items()}
+        result = {**done, "models": scores}
+        write_json(path, result)
+        return result
     scores = {key: both(spec) if in_space(spec) else None for key, spec in models.items()}
     swaps = {}
     base, found = models[BASELINE], models["searched"]
@@ -482,7 +526,10 @@ def _setup_paragraphs(report: dict) -> list[str]:
          f"{randoms['window_ms'][0]:.3f} to {randoms['window_ms'][1]:.3f} ms ({WINDOW[0]:g} to "
          f"{WINDOW[1]:g} x budget; the space spans {randoms['space_bounds_ms'][0]:.3f} to "
          f"{slowest_ms:.3f} ms{fallback}), the first {len(randoms['randoms'])} of "
-         f"{randoms['draws']} draws."),
+         f"{randoms['draws']} draws."
+         + (" Outside the verdict (--extra), retrained with the same recipe: "
+            + ", ".join(f"{key} (`{path}`)" for key, path in report["extras"].items()) + "."
+            if report.get("extras") else "")),
         (f"Latency: all {len(report['rows'])} networks measured side by side in one fresh "
          f"process, {lat['dtype']}, {lat['threads']} thread(s): batch {lat['batch']}, median "
          f"of {lat['timing']['rounds']} interleaved rounds (p10 to p90); batch {SCORE_BATCH}, "
@@ -527,6 +574,15 @@ def _score_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def extra_lines(rows: list[dict]) -> list[str]:
+    """The ``--extra`` networks against the baseline, outside the verdict."""
+    base = next(r for r in rows if r["model"] == BASELINE)
+    return [f"- outside the verdict (--extra): {r['model']} {r['miou']:.2f} at "
+            f"{r['latency_ms']:.3f} ms (x{r['latency_ms'] / base['latency_ms']:.3f}), "
+            f"{r['miou'] - base['miou']:+.2f} over {BASELINE}"
+            for r in rows if r["model"].startswith(EXTRA)]
+
+
 def render_markdown(report: dict) -> str:
     device = report["settings"].get("device", "cpu")
     where = "this CPU" if device == "cpu" else f"this machine's {device}"
@@ -551,6 +607,7 @@ def render_markdown(report: dict) -> str:
         lines += proxy_lines(report["proxy"], rows)
     lines += ["", "## Verdict", ""] + verdict_lines(
         rows, report["verdict"], key="miou", label="mIoU", baseline=BASELINE, target=MIOU_TARGET)
+    lines += extra_lines(rows)
     lines += ["", f"**Target {'met' if report['verdict']['target_met'] else 'NOT met'}.**", ""]
     return "\n".join(lines)
 
@@ -564,6 +621,7 @@ def run(args: argparse.Namespace) -> dict:
     stages = Stages(Path(args.workdir), NAME, progress=not args.no_progress)
     data = check_data(args.data)
     space = the_space(args)
+    extras = load_extras(args.extra, space)
     if args.search_epochs is None:   # nas search's default for the data and search options
         args.search_epochs = search_config(1.0, space, args).epochs
     lut_path = table_path(space, args.lut, args.device or "cpu")
@@ -588,6 +646,7 @@ def run(args: argparse.Namespace) -> dict:
         models[ABLATION] = ablation
     models.update({f"random-{i + 1}": ArchSpec.from_dict(r["arch"], where="randoms.json")
                    for i, r in enumerate(randoms["randoms"])})
+    models.update(extras)
     trained, tested = stages.train_all({key: train_config(spec, args)
                                         for key, spec in models.items()}, "test", jobs=args.jobs)
     latency = stages.latency(models, table, batches={SCORE_BATCH: SCORE_BATCH_TIMING})
@@ -614,6 +673,7 @@ def run(args: argparse.Namespace) -> dict:
             "finetune_loss", "finetune_seconds", "family_loss", "family_stage",
             "measure_checks", "verdict")},
         "randoms": randoms,
+        "extras": {key: str(path) for key, path in zip(extras, args.extra)},
         "latency": {k: v for k, v in latency.items() if k != "choices"},
         "rows": rows,
         "proxy": proxy,

@@ -194,6 +194,34 @@ def test_proof_end_to_end_then_resumed_then_refused(camvid, lut_path, measured, 
                                             "random networks (CamVid, space seg-small, this CPU)")
     assert {p: p.read_bytes() for p in outputs} == outputs
 
+    # --extra to the finished workdir: only the new network is trained and scored, the side by
+    # side stage measures all again, and the row is reported outside the verdict
+    space = seg_proof.get_space("seg-small", preset="camvid", input_size=INPUT)
+    extra = space.sample(np.random.default_rng(7), "neighbour")
+    extra.save(tmp_path / "neighbour.json")
+    before = json.loads((workdir / "proxy.json").read_text())["models"]
+    measured.clear()
+    code = seg_proof.main(argv(camvid, lut_path, workdir, "--extra",
+                               str(tmp_path / "neighbour.json"), "--json"))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "stage 4: training extra-neighbour" in captured.err
+    assert captured.err.count("stage 4: training ") == 1
+    assert measured == ["side by side on cpu"]
+    with_extra = json.loads(captured.out)
+    assert [r["model"] for r in with_extra["rows"]] == [*models, "extra-neighbour"]
+    for key in ("miou_gain_over_baseline", "best_random", "miou_gain_over_best_random"):
+        assert with_extra["verdict"][key] == report["verdict"][key]   # re-measured: latency
+    assert with_extra["extras"] == {"extra-neighbour": str(tmp_path / "neighbour.json")}
+    scores = with_extra["proxy"]["models"]
+    assert {k: v for k, v in scores.items() if k != "extra-neighbour"} == before
+    assert scores["extra-neighbour"]["loss"] > 0
+    markdown = (workdir / "report.md").read_text()
+    row = with_extra["rows"][-1]
+    assert (f"- outside the verdict (--extra): extra-neighbour {row['miou']:.2f} at "
+            f"{row['latency_ms']:.3f} ms") in markdown
+    assert f"extra-neighbour (`{tmp_path / 'neighbour.json'}`)" in markdown
+
     # other settings in the same workdir: refused in one line, nothing written
     code = seg_proof.main(argv(camvid, lut_path, workdir, "--epochs", "2"))
     captured = capsys.readouterr()
@@ -350,3 +378,31 @@ def test_models_at_once_stop_starting_after_one_fails(camvid, space, tmp_path):
     assert "m1" not in started and "m2" not in started
     trained, tested = stages.train_all({k: ok[k] for k in ("m0", "m1")}, "test", jobs=2)
     assert set(tested) == {"m0", "m1"}
+
+
+def test_extra_networks_are_checked_before_anything_is_written(camvid, lut_path, space,
+                                                               tmp_path, capsys):
+    """--extra: a missing file, a network of another space, a name that is no folder name and
+    two networks of one name are refused in one line naming the file, and nothing is written."""
+    spec = space.sample(np.random.default_rng(0), "n")
+    spec.save(tmp_path / "a.json")
+    spec.save(tmp_path / "b.json")
+    dataclasses.replace(spec, name="../n").save(tmp_path / "slash.json")
+    pose = load_arch("mobilenetv2")
+    pose.save(tmp_path / "pose.json")
+    cases = {
+        (str(tmp_path / "none.json"),): f"{tmp_path / 'none.json'}: cannot read arch spec",
+        (str(tmp_path / "pose.json"),): (f"{tmp_path / 'pose.json'}: --extra takes networks "
+                                         "of the space seg-small at 32x48"),
+        (str(tmp_path / "slash.json"),): f"{tmp_path / 'slash.json'}: name '../n' names",
+        (str(tmp_path / "a.json"), str(tmp_path / "b.json")): (
+            f"{tmp_path / 'b.json'}: a second --extra network named 'n'"),
+    }
+    for paths, message in cases.items():
+        workdir = tmp_path / "proof"
+        extra = [a for path in paths for a in ("--extra", path)]
+        code = seg_proof.main(argv(camvid, lut_path, workdir, *extra))
+        captured = capsys.readouterr()
+        assert code == 2 and captured.out == "", paths
+        assert captured.err.count("\n") == 1 and message in captured.err, captured.err
+        assert not workdir.exists()
