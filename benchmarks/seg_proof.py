@@ -362,14 +362,15 @@ def stage_proxy(stages: Stages, space: SearchSpace, models: dict[str, ArchSpec])
             out["family_loss"] = family_scorer.score(spec)["loss"]
         return out
 
-    if done is not None:       # models added since (--extra): score those, keep the rest
-        stages.log(f"stage 6: scoring {', '.join(k for k in models if k not in done['models'])}")
-        scores = {key: done["models"][key] if key in done["models"]
-                  else both(spec) if in_space(spec) else None for key, spec in models.items()}
+    known = done["models"] if done is not None else {}   # models added since (--extra)
+    if known:
+        stages.log(f"stage 6: scoring {', '.join(k for k in models if k not in known)}")
+    scores = {key: known[key] if key in known else both(spec) if in_space(spec) else None
+              for key, spec in models.items()}
+    if done is not None:       # the rest as scored before, swaps included
         result = {**done, "models": scores}
         write_json(path, result)
         return result
-    scores = {key: both(spec) if in_space(spec) else None for key, spec in models.items()}
     swaps = {}
     base, found = models[BASELINE], models["searched"]
     if scores[BASELINE] is not None and base.choices["head"] != found.choices["head"]:
