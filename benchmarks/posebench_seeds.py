@@ -1,13 +1,14 @@
 """posebench_seeds: how far the pose ground truth moves when a network is trained again.
 
 Each posebench network is one training (seed 0, on the machine the table names). This trains
-chosen networks of the table again with the table's own recipe and the given seeds (seed 0 again
-shows what the machine alone changes) (weights, data order and augmentation all follow the
-seed), and reports each network's spread, the pooled within-network standard deviation, and what
-it means for the percentile a search's pick is scored by: how many networks of the window lie
-which percentiles one such deviation spans at each percentile the searches reach.
+chosen networks of the table again with the table's own recipe and the given seeds (the seed
+sets the weights' initialisation, the data order and the augmentation; seed 0 again shows what
+the machine alone changes) and reports each network's spread, the within-network standard
+deviation pooled over the seeds trained here, how far the table's one training sits from their
+mean, and what that means for the percentile a search's pick is scored by: which percentiles one
+such deviation spans at each percentile the searches reach.
 
-    python benchmarks/posebench_seeds.py [--networks random-3,random-8] [--seeds 1,2] \\
+    python benchmarks/posebench_seeds.py [--networks KEY,...] [--seeds 1,2] \\
         [--workers 1] [--data ../shared/data/lsp] [--posebench results/posebench] \\
         [--workdir runs/posebench_seeds] [--out results/posebench/seeds] [--report-only] [--json]
 
@@ -35,14 +36,15 @@ from supernets.spec import ArchSpec
 
 REPO = Path(__file__).resolve().parents[1]
 PERCENTILES = (80, 85, 89, 95, 98)
+DEFAULT_NETWORKS = "random-3,random-8,random-20,random-44,random-45,random-25"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--networks", default="random-3,random-8",
+    ap.add_argument("--networks", default=DEFAULT_NETWORKS,
                     help="keys of the ground truth's table to train again (default %(default)s: "
-                         "its best network and one at the 91st percentile)")
+                         "the window's five best by the table and its median network)")
     ap.add_argument("--seeds", default="1,2", help="seeds to train on this machine (default "
                     "%(default)s; 0 is the table's seed, trained here)")
     ap.add_argument("--workers", type=int, default=1,
