@@ -28,6 +28,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from nas.argtypes import seed_list
 from nas.bench import posebench as pb
 from nas.bench.search_quality import percentile
 from supernets.errors import NasError
@@ -63,22 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or any(s < 0 for s in seeds):
-        raise NasError(f"--seeds {text!r}: expected comma-separated non-negative integers")
-    return seeds
-
-
 def load_ground_truth(folder: Path) -> tuple[pb.BenchSettings, dict[str, dict]]:
     """The table's settings and its finished networks of the space (``{key: result}``)."""
-    settings_file = folder / "settings.json"
-    if not settings_file.is_file():
-        raise NasError(f"{settings_file}: no posebench settings (run benchmarks/posebench.py)")
-    settings = pb.BenchSettings(**pb.read_json(settings_file, "posebench settings"))
+    settings = pb.read_settings(folder)
     results = {k: r for k, r in pb.load_results(folder, settings).items()
                if r["status"] == "complete"}
     return settings, results
@@ -86,11 +74,7 @@ def load_ground_truth(folder: Path) -> tuple[pb.BenchSettings, dict[str, dict]]:
 
 def window_pcks(ground_truth: Path, settings: pb.BenchSettings) -> list[float]:
     """PCK@0.2 of the window's networks of the space, as search_quality scores picks among."""
-    table = pb.load_table(ground_truth)
-    low, high = settings.window_ms
-    rows = table[table["predicted_ms_proof_table"].between(low, high)
-                 & (table["status"] == "complete")]
-    return sorted(float(x) for x in rows["pck"])
+    return sorted(float(x) for x in pb.window_rows(pb.load_table(ground_truth), settings)["pck"])
 
 
 def summarise(trained: dict[str, dict[int, float]], table: dict[str, float | None],
@@ -181,7 +165,10 @@ def _f(value, fmt: str = ".2f") -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        seeds = _seeds(args.seeds)
+        try:
+            seeds = seed_list(args.seeds)
+        except argparse.ArgumentTypeError as e:   # one line from main, as every bad input
+            raise NasError(f"--seeds {e}") from None
         ground_truth = Path(args.posebench)
         settings, results = load_ground_truth(ground_truth)
         keys = [k.strip() for k in args.networks.split(",") if k.strip()]

@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from nas.argtypes import seed_list
 from nas.bench import posebench as pb
 from nas.bench import search_quality as sq
 from supernets.errors import NasError
@@ -33,23 +34,13 @@ from supernets.fileio import write_atomic
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected integers such as 0,1,2") from None
-    if any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: seeds are >= 0")
-    return values
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--strategies", default=",".join(sq.VARIANTS),
                     help="what to run, of: " + ", ".join(f"{k} {v}" for k, v in
                                                          sq.VARIANTS.items()))
-    ap.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    ap.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
     ap.add_argument("--trials", type=int, default=300, help="proxy evaluations (optuna, random)")
     ap.add_argument("--supernet", default="runs/proxies/uniform/supernet-e20.pt",
                     help="supernet for optuna and random (default: proxy_fidelity's uniform "
@@ -105,8 +96,7 @@ def main(argv=None) -> int:
     command = shlex.join(["python", "benchmarks/search_quality.py",
                           *(argv if argv is not None else sys.argv[1:])])
     try:
-        settings_path = Path(args.posebench) / "settings.json"
-        bench = pb.BenchSettings(**pb.read_json(settings_path, "the posebench settings"))
+        bench = pb.read_settings(Path(args.posebench))
         q = sq.QualitySettings(strategies=args.strategies, seeds=args.seeds, trials=args.trials,
                                supernet=args.supernet, search_epochs=args.search_epochs)
         workdir, out = Path(args.workdir), Path(args.out)

@@ -11,7 +11,7 @@ import math
 import re
 
 __all__ = ["finite_float", "input_size", "log_base", "non_negative_int", "positive_float",
-           "positive_int"]
+           "positive_int", "seed_list"]
 
 
 def input_size(text: str) -> tuple[int, int]:
@@ -44,6 +44,17 @@ def non_negative_int(text: str) -> int:
     if value is None or value < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: expected an integer, 0 or more")
     return value
+
+
+def seed_list(text: str) -> list[int]:
+    """``'0,1,2'`` -> ``[0, 1, 2]``; an empty list, negatives and non-integers are refused."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers such as 0,1,2") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: seeds are >= 0")
+    return values
 
 
 def _float(text: str) -> float:

@@ -157,6 +157,11 @@ def proof_settings(data: str | Path, *, proof: Path = PROOF_RUNS, randoms: int =
                          limit=limit)
 
 
+def read_settings(out: Path) -> BenchSettings:
+    """The settings a table was built with (its ``settings.json``); one line when missing."""
+    return BenchSettings(**read_json(Path(out) / "settings.json", "the posebench settings"))
+
+
 def pin(out: Path, settings: BenchSettings) -> None:
     """Write ``settings.json``, or refuse settings other than the ones pinned there."""
     path = out / "settings.json"
@@ -567,6 +572,14 @@ def load_table(out: str | Path = REPO / "results" / "posebench"):
         raise NasError(f"{path}: no posebench table (run benchmarks/posebench.py)") from None
     except (OSError, ValueError) as e:
         raise NasError(f"{path}: unreadable posebench table ({type(e).__name__})") from None
+
+
+def window_rows(table, settings: BenchSettings):
+    """The table's finished networks that the proof's table predicts inside the window: the
+    population a search's pick is placed among."""
+    low, high = settings.window_ms
+    return table[(table["status"] == "complete")
+                 & table["predicted_ms_proof_table"].between(low, high)]
 
 
 def recipe_check(table_rows: list[dict]) -> dict:

@@ -254,10 +254,8 @@ def score(q: QualitySettings, bench: pb.BenchSettings, reports: dict[str, dict],
           workdir: Path, *, workers: int = 1, log=print, fidelity: bool = False) -> dict:
     """Every pick's ground-truth PCK (looked up, else trained with the table's recipe) and its
     percentile among the table's networks of the window; the summary by strategy."""
-    table = pb.load_table(pb.REPO / "results" / "posebench")
     low, high = bench.window_ms
-    inside = table[(table["status"] == "complete")
-                   & table["predicted_ms_proof_table"].between(low, high)]
+    inside = pb.window_rows(pb.load_table(pb.REPO / "results" / "posebench"), bench)
     by_choices = {choices_key(json.loads(a)["choices"]): (k, p)
                   for k, a, p in zip(inside["key"], inside["arch"], inside["pck"], strict=True)}
     # picks trained before, by their choices: a pick is trained once whichever search chose it
